@@ -1,0 +1,1 @@
+"""aiida_battgen.workchains"""

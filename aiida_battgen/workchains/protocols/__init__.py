@@ -1,0 +1,1 @@
+"""Protocol YAML files of the work chains."""
