@@ -1,0 +1,26 @@
+"""``battgen.funnel_summary``: the discovery funnel (rows left after each step), computed from the batches."""
+
+from aiida import orm
+from aiida.engine import calcfunction
+
+from aiida_battgen.data.batch import StructureBatchData
+
+# Stage order of a discovery run; inputs may be any subset.
+FUNNEL_STAGES = (
+    "seed_structures", "generated", "valid_structure", "charge_neutral", "unique", "novel",
+    "preselected", "relaxed", "shortlisted",
+)
+
+
+@calcfunction
+def funnel_summary(**stages: StructureBatchData):
+    """Counts (number of structures) per stage, in discovery order; ``relaxed`` also counts converged rows."""
+    unknown = set(stages) - set(FUNNEL_STAGES)
+    if unknown:
+        raise ValueError(f"unknown funnel stage(s) {sorted(unknown)}; known: {FUNNEL_STAGES}")
+    counts = {stage: stages[stage].n_rows for stage in FUNNEL_STAGES if stage in stages}
+    if "relaxed" in stages:
+        counts["relaxed_converged"] = sum(
+            1 for meta in stages["relaxed"].get_batch().meta if meta.get("relax_status") == "converged"
+        )
+    return orm.Dict({"stages": list(counts), "counts": counts})

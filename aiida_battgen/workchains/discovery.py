@@ -1,0 +1,286 @@
+"""``battgen.discovery``: source → generate → screen → relax → stability → shortlist, with provenance.
+
+Thousands of candidates travel as one ``StructureBatchData`` per step; only the shortlist becomes
+individual ``StructureData`` nodes (through ``extract_structure``), so every survivor's graph leads back
+through the batches to the source.
+"""
+
+from __future__ import annotations
+
+import re
+
+from aiida import orm
+from aiida.common import AttributeDict
+from aiida.engine import ToContext, WorkChain, if_
+from aiida.plugins import CalculationFactory, DataFactory, WorkflowFactory
+
+from aiida_battgen.workchains.protocols.utils import ProtocolMixin
+
+StructureBatchData = DataFactory("battgen.structure_batch")
+MlipRelaxBaseWorkChain = WorkflowFactory("battgen.mlip.relax_base")
+
+batch_from_snapshot = CalculationFactory("battgen.batch_from_snapshot")
+screen_validity = CalculationFactory("battgen.screen_validity")
+screen_charge_neutrality = CalculationFactory("battgen.screen_charge_neutrality")
+screen_uniqueness = CalculationFactory("battgen.screen_uniqueness")
+screen_novelty = CalculationFactory("battgen.screen_novelty")
+energy_above_hull = CalculationFactory("battgen.energy_above_hull")
+elemental_references = CalculationFactory("battgen.elemental_references")
+merge_batches = CalculationFactory("battgen.merge_batches")
+shortlist = CalculationFactory("battgen.shortlist")
+funnel_summary = CalculationFactory("battgen.funnel_summary")
+extract_structure = CalculationFactory("battgen.extract_structure")
+
+# Generators that run as cheap calcfunctions; trained generators (CDVAE, LLM) run as CalcJobs.
+GENERATOR_CALCFUNCTIONS = {"substitution": "battgen.generate_substitution"}
+
+# (call link label, calcfunction, funnel key) of the screening filters, in order.
+SCREENING_STEPS = (
+    ("screen_validity", screen_validity, "valid_structure"),
+    ("screen_charge_neutrality", screen_charge_neutrality, "charge_neutral"),
+    ("screen_uniqueness", screen_uniqueness, "unique"),
+    ("screen_novelty", screen_novelty, "novel"),
+)
+
+
+def _output_label(row_id: str, rank: int) -> str:
+    """A valid AiiDA link label for a shortlisted row."""
+    return f"rank_{rank:03d}_" + re.sub(r"[^A-Za-z0-9_]", "_", row_id)
+
+
+def validate_inputs(inputs, _):
+    if "seed_structures" not in inputs and "snapshot" not in inputs:
+        return "give either `seed_structures` (a structure batch) or `snapshot` (a source snapshot)"
+    generator = inputs["generation"].get_dict().get("generator")
+    if generator not in GENERATOR_CALCFUNCTIONS:
+        return f"unknown generator {generator!r}; available: {sorted(GENERATOR_CALCFUNCTIONS)}"
+    for port in ("preselection", "shortlist"):
+        top_k = inputs[port].get_dict().get("top_k")
+        if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
+            return f"`{port}.top_k` must be a positive integer, got {top_k!r}"
+    return None
+
+
+class DiscoveryWorkChain(ProtocolMixin, WorkChain):
+    """Generate candidates from seed structures, screen them, relax with an MLIP, rank by E_hull."""
+
+    _protocol_file = "discovery.yaml"
+
+    @classmethod
+    def define(cls, spec):
+        super().define(spec)
+        spec.input("seed_structures", valid_type=StructureBatchData, required=False,
+                   help="Seed structures for the generators (e.g. known hosts).")
+        spec.input("snapshot", valid_type=orm.SinglefileData, required=False,
+                   help="A source snapshot (MP query or file) turned into the seed batch by `batch_from_snapshot`.")
+        spec.input("reference_structures", valid_type=StructureBatchData, required=False,
+                   help="Known structures for the novelty filter; default: the seed structures.")
+        spec.input("seed", valid_type=orm.Int, help="Random seed of every stochastic step.")
+        spec.input("generation", valid_type=orm.Dict,
+                   help="Generator name, number of candidates `n`, generator `conditions`.")
+        spec.input("screening", valid_type=orm.Dict,
+                   help="Per-filter parameters: validity (distances in Å), charge_neutrality, uniqueness, novelty.")
+        spec.input("preselection", valid_type=orm.Dict,
+                   help="Cut before relaxation: sort_by, ascending, top_k (number of structures).")
+        spec.input("hull", valid_type=orm.Dict, help="Reference hull settings: compatibility (null or MP2020).")
+        spec.input("shortlist", valid_type=orm.Dict,
+                   help="Final ranking: sort_by, top_k, max_values (e.g. e_above_hull_eV_per_atom in eV/atom).")
+        spec.input("shortlist_group_label", valid_type=orm.Str, required=False,
+                   help="Group that receives the shortlisted StructureData nodes.")
+        spec.expose_inputs(MlipRelaxBaseWorkChain, namespace="relax", exclude=("relax.structures",),
+                           namespace_options={"help": "Inputs of the MLIP relaxations (code, parameters, options)."})
+        spec.inputs.validator = validate_inputs
+
+        spec.outline(
+            cls.prepare_seeds,
+            cls.generate,
+            cls.screen,
+            cls.preselect,
+            if_(cls.has_candidates)(
+                cls.run_relaxations,
+                cls.inspect_relaxations,
+                cls.compute_stability,
+                cls.make_shortlist,
+                cls.extract_candidates,
+            ),
+            cls.results,
+        )
+
+        spec.output("funnel", valid_type=orm.Dict, help="Row counts after each step (number of structures).")
+        spec.output("generated_structures", valid_type=StructureBatchData, help="Everything the generator made.")
+        spec.output("screened_structures", valid_type=StructureBatchData, help="Rows that passed every filter.")
+        spec.output("relaxed_structures", valid_type=StructureBatchData, required=False,
+                    help="Relaxed candidates with energies (eV) and E_hull (eV/atom).")
+        spec.output("hull", valid_type=orm.Dict, required=False, help="Which reference hull was used.")
+        spec.output("shortlist", valid_type=StructureBatchData, required=False, help="Ranked shortlist batch.")
+        spec.output_namespace("candidates", valid_type=orm.StructureData, dynamic=True,
+                              help="Shortlisted candidates as StructureData, labelled by rank and row id.")
+
+        spec.exit_code(501, "ERROR_SOURCE_FAILED", message="Turning the snapshot into seed structures failed.")
+        spec.exit_code(502, "ERROR_GENERATION_FAILED", message="The generator failed.")
+        spec.exit_code(503, "ERROR_SCREENING_FAILED", message="Screening step `{step}` failed.")
+        spec.exit_code(504, "ERROR_RELAXATION_FAILED", message="The MLIP relaxation of `{which}` failed.")
+        spec.exit_code(505, "ERROR_STABILITY_FAILED", message="The energy-above-hull step failed.")
+        spec.exit_code(506, "ERROR_SHORTLIST_FAILED", message="Ranking / extracting the shortlist failed.")
+        spec.exit_code(701, "WARNING_NO_CANDIDATES",
+                       message="No candidate survived screening; the funnel is attached, nothing was relaxed.")
+
+    @classmethod
+    def get_builder_from_protocol(cls, code, seed_structures=None, protocol=None, overrides=None, options=None,
+                                  snapshot=None, reference_structures=None):
+        """A filled builder; ``overrides`` are deep-merged into the protocol and unknown keys rejected."""
+        inputs = cls.get_protocol_inputs(protocol, overrides)
+        builder = cls.get_builder()
+        if seed_structures is not None:
+            builder.seed_structures = seed_structures
+        if snapshot is not None:
+            builder.snapshot = snapshot
+        if reference_structures is not None:
+            builder.reference_structures = reference_structures
+        builder.seed = orm.Int(inputs["seed"])
+        for port in ("generation", "screening", "preselection", "hull", "shortlist"):
+            builder[port] = orm.Dict(inputs[port])
+        builder.relax.relax.code = code
+        builder.relax.relax.parameters = orm.Dict(inputs["relax"])
+        if options:
+            builder.relax.relax.metadata.options = options
+        return builder
+
+    # ------------------------------------------------------------------------------------------------
+    def _run_calcfunction(self, function, label, **kwargs):
+        """Run a calcfunction with a call link label; returns (outputs, node)."""
+        return function.run_get_node(**kwargs, metadata={"call_link_label": label})
+
+    def prepare_seeds(self):
+        self.ctx.funnel = {}  # stage -> batch node; counted by the funnel_summary calcfunction
+        if "seed_structures" in self.inputs:
+            self.ctx.seeds = self.inputs.seed_structures
+        else:
+            outputs, node = self._run_calcfunction(batch_from_snapshot, "batch_from_snapshot",
+                                                   snapshot=self.inputs.snapshot)
+            if not node.is_finished_ok:
+                self.report(f"batch_from_snapshot<{node.pk}> failed: {node.exit_message}")
+                return self.exit_codes.ERROR_SOURCE_FAILED
+            self.ctx.seeds = outputs["structures"]
+        self.ctx.reference = self.inputs.get("reference_structures", self.ctx.seeds)
+        self.ctx.funnel["seed_structures"] = self.ctx.seeds
+
+    def generate(self):
+        settings = self.inputs.generation.get_dict()
+        function = CalculationFactory(GENERATOR_CALCFUNCTIONS[settings["generator"]])
+        outputs, node = self._run_calcfunction(
+            function, f"generate_{settings['generator']}", seeds=self.ctx.seeds,
+            parameters=self.inputs.generation, seed=self.inputs.seed,
+        )
+        if not node.is_finished_ok:
+            self.report(f"generator {settings['generator']} <{node.pk}> failed: {node.exit_message}")
+            return self.exit_codes.ERROR_GENERATION_FAILED
+        self.ctx.current = outputs["structures"]
+        self.out("generated_structures", self.ctx.current)
+        self.ctx.funnel["generated"] = self.ctx.current
+
+    def screen(self):
+        screening = self.inputs.screening.get_dict()
+        for label, function, funnel_key in SCREENING_STEPS:
+            settings = screening.get(label.removeprefix("screen_"), {})
+            kwargs = {"structures": self.ctx.current}
+            if settings:
+                kwargs["parameters"] = orm.Dict(settings)
+            if function is screen_novelty:
+                kwargs["reference"] = self.ctx.reference
+            if self.ctx.current.n_rows == 0:
+                break
+            outputs, node = self._run_calcfunction(function, label, **kwargs)
+            if not node.is_finished_ok:
+                self.report(f"{label}<{node.pk}> failed: {node.exit_message}")
+                return self.exit_codes.ERROR_SCREENING_FAILED.format(step=label)
+            self.ctx.current = outputs["passed"]
+            self.ctx.funnel[funnel_key] = self.ctx.current
+        self.out("screened_structures", self.ctx.current)
+
+    def preselect(self):
+        if self.ctx.current.n_rows == 0:
+            return
+        outputs, node = self._run_calcfunction(shortlist, "preselect", structures=self.ctx.current,
+                                               parameters=self.inputs.preselection)
+        if not node.is_finished_ok:
+            self.report(f"preselect<{node.pk}> failed: {node.exit_message}")
+            return self.exit_codes.ERROR_SHORTLIST_FAILED
+        self.ctx.current = outputs["selected"]
+        self.ctx.funnel["preselected"] = self.ctx.current
+
+    def has_candidates(self):
+        return self.ctx.current.n_rows > 0
+
+    def run_relaxations(self):
+        """Relax the candidates and, for an MLIP-referenced hull, the references (elements + seeds)."""
+        elementals, _ = self._run_calcfunction(elemental_references, "elemental_references",
+                                               candidates=self.ctx.current, seeds=self.ctx.seeds)
+        references, _ = self._run_calcfunction(merge_batches, "merge_references",
+                                               elements=elementals["structures"], seeds=self.ctx.seeds)
+        futures = {}
+        for key, batch in (("candidates", self.ctx.current), ("references", references["structures"])):
+            inputs = AttributeDict(self.exposed_inputs(MlipRelaxBaseWorkChain, namespace="relax"))
+            inputs.relax = AttributeDict(inputs.relax)
+            inputs.relax.structures = batch
+            inputs.metadata = {"call_link_label": f"relax_{key}"}
+            futures[f"relax_{key}"] = self.submit(MlipRelaxBaseWorkChain, **inputs)
+            self.report(f"launched MlipRelaxBaseWorkChain<{futures[f'relax_{key}'].pk}> for {batch.n_rows} {key}")
+        return ToContext(**futures)
+
+    def inspect_relaxations(self):
+        for key in ("candidates", "references"):
+            node = self.ctx[f"relax_{key}"]
+            if "relaxed_structures" not in node.outputs:
+                self.report(f"relaxation of {key} <{node.pk}> produced no structures: {node.exit_message}")
+                return self.exit_codes.ERROR_RELAXATION_FAILED.format(which=key)
+            if not node.is_finished_ok:
+                self.report(f"relaxation of {key} <{node.pk}> finished with a warning: {node.exit_message}")
+        self.ctx.relaxed = self.ctx.relax_candidates.outputs.relaxed_structures
+        self.ctx.funnel["relaxed"] = self.ctx.relaxed
+
+    def compute_stability(self):
+        outputs, node = self._run_calcfunction(
+            energy_above_hull, "energy_above_hull", structures=self.ctx.relaxed,
+            reference=self.ctx.relax_references.outputs.relaxed_structures, parameters=self.inputs.hull,
+        )
+        if not node.is_finished_ok:
+            self.report(f"energy_above_hull<{node.pk}> failed: {node.exit_message}")
+            return self.exit_codes.ERROR_STABILITY_FAILED
+        self.ctx.annotated = outputs["structures"]
+        self.out("relaxed_structures", self.ctx.annotated)
+        self.out("hull", outputs["hull"])
+
+    def make_shortlist(self):
+        outputs, node = self._run_calcfunction(shortlist, "shortlist", structures=self.ctx.annotated,
+                                               parameters=self.inputs.shortlist)
+        if not node.is_finished_ok:
+            self.report(f"shortlist<{node.pk}> failed: {node.exit_message}")
+            return self.exit_codes.ERROR_SHORTLIST_FAILED
+        self.ctx.shortlist = outputs["selected"]
+        self.out("shortlist", self.ctx.shortlist)
+        self.ctx.funnel["shortlisted"] = self.ctx.shortlist
+
+    def extract_candidates(self):
+        group = None
+        if "shortlist_group_label" in self.inputs:
+            group, _ = orm.Group.collection.get_or_create(self.inputs.shortlist_group_label.value)
+        candidates = {}
+        for meta in self.ctx.shortlist.get_batch().meta:
+            label = _output_label(meta["row_id"], meta["rank"])
+            outputs, node = self._run_calcfunction(extract_structure, f"extract_{label}",
+                                                   structures=self.ctx.shortlist, row_id=orm.Str(meta["row_id"]))
+            if not node.is_finished_ok:
+                return self.exit_codes.ERROR_SHORTLIST_FAILED
+            candidates[label] = outputs["structure"]
+        self.out("candidates", candidates)
+        if group is not None and candidates:
+            group.add_nodes(list(candidates.values()))
+
+    def results(self):
+        funnel, _ = self._run_calcfunction(funnel_summary, "funnel_summary", **self.ctx.funnel)
+        self.out("funnel", funnel["result"])
+        counts = funnel["result"]["counts"]
+        self.report("funnel: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
+        if self.ctx.current.n_rows == 0:
+            return self.exit_codes.WARNING_NO_CANDIDATES
