@@ -1,0 +1,99 @@
+"""The generator interface: every structure generator (substitution, CDVAE, an LLM ...) is a
+:class:`Generator` registered under the entry-point group ``battgen.generators``.
+
+Rows a generator returns have ``row_id`` ``<short name>-<index:06d>``, and metadata ``generator`` (the
+short name), ``parent_row_id`` (the seed row it came from, or None) and generator-specific keys.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any
+
+from battgen.batch import BatchFormatError, StructureBatch
+
+ENTRY_POINT_GROUP = "battgen.generators"
+ENTRY_POINT_PREFIX = "battgen."
+
+
+class UnknownGeneratorError(KeyError):
+    """No generator is registered under the requested name."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; we want it readable
+        return str(self.args[0])
+
+
+class Generator(ABC):
+    """Produces candidate structures from seed structures.
+
+    Subclasses set ``name`` (the short name, e.g. ``"substitution"``) and implement :meth:`generate`,
+    which must be deterministic for a given ``seed``.
+    """
+
+    name: str = ""
+
+    @abstractmethod
+    def generate(
+        self, seed_structures: StructureBatch, n: int, conditions: dict[str, Any] | None = None, seed: int = 0
+    ) -> StructureBatch:
+        """Return up to ``n`` new rows; ``conditions`` are generator-specific (invalid ones raise ValueError)."""
+
+    def row_id(self, index: int) -> str:
+        return f"{self.name}-{index:06d}"
+
+
+def registered_generators() -> dict[str, Any]:
+    """Entry-point name -> entry point, for the group ``battgen.generators``."""
+    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def load_generator(name: str, **kwargs: Any) -> Generator:
+    """Instantiate a registered generator by entry-point name (``battgen.substitution``) or short name
+    (``substitution``); ``kwargs`` go to its constructor."""
+    registered = registered_generators()
+    full_name = name if name.startswith(ENTRY_POINT_PREFIX) else ENTRY_POINT_PREFIX + name
+    if full_name not in registered:
+        known = ", ".join(sorted(registered)) or "none"
+        raise UnknownGeneratorError(f"no generator {name!r} in entry-point group {ENTRY_POINT_GROUP}; registered: {known}")
+    generator_class = registered[full_name].load()
+    return generator_class(**kwargs)
+
+
+# --- battgen generate ---------------------------------------------------------------------------------
+_CONFIG_KEYS = {"generator", "input", "n", "conditions", "seed", "options", "output"}
+
+
+def run_generate_command(config: dict[str, Any], workdir: Path) -> dict[str, Any]:
+    """``battgen generate``: config ``generator`` (name), ``input`` (seed batch file), ``n``, ``conditions``,
+    ``seed``, optional ``options`` (generator constructor kwargs). Writes ``generated.jsonl.gz``."""
+    from battgen.cli import InvalidInputError  # the CLI imports this module lazily; avoid a cycle at import
+
+    unknown = sorted(set(config) - _CONFIG_KEYS)
+    if unknown:
+        raise InvalidInputError(f"unknown config key(s) {unknown}; allowed: {sorted(_CONFIG_KEYS)}")
+    for key in ("generator", "input", "n"):
+        if key not in config:
+            raise InvalidInputError(f"config needs {key!r}")
+    n, seed = config["n"], config.get("seed", 0)
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise InvalidInputError(f"'n' must be a non-negative integer, got {n!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise InvalidInputError(f"'seed' must be an integer, got {seed!r}")
+    output = config.get("output", "generated.jsonl.gz")
+    try:
+        generator = load_generator(str(config["generator"]), **(config.get("options") or {}))
+        seeds = StructureBatch.read(workdir / config["input"])
+        generated = generator.generate(seeds, n, dict(config.get("conditions") or {}), seed)
+    except (UnknownGeneratorError, BatchFormatError, ValueError, TypeError) as exc:
+        raise InvalidInputError(str(exc)) from exc
+    generated.write(workdir / output)
+    return {
+        "generated": output,
+        "generator": generator.name,
+        "n_seeds": len(seeds),
+        "n_requested": n,
+        "n_generated": len(generated),
+        "seed": seed,
+    }
