@@ -1,0 +1,114 @@
+"""Base CalcJob for every ``battgen <command>`` run: writes a config YAML (+ input files), runs the CLI,
+retrieves the outputs and the summary.
+
+Subclasses set :attr:`BattgenCalcJob.COMMAND` and :attr:`BattgenCalcJob.OUTPUT_FILES`, add their own
+inputs, outputs and exit codes in ``define`` and implement :meth:`BattgenCalcJob.build_config` (the
+command's YAML settings) and, if they need input files, :meth:`BattgenCalcJob.input_files`.
+
+Exit codes below 400 automatically invalidate caching (a broken run must never be reused), like
+``aiida_quantumespresso.calculations.CalcJob``; 4xx codes are recoverable and keep partial outputs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import yaml
+from aiida import engine, orm
+from aiida.common import datastructures
+from aiida.engine.processes.process_spec import CalcJobProcessSpec
+
+from battgen.cli import SUMMARY_FILENAME
+
+CONFIG_FILENAME = "config.yaml"
+STDOUT_FILENAME = "battgen.out"
+STDERR_FILENAME = "battgen.err"
+
+
+class BattgenCalcJobProcessSpec(CalcJobProcessSpec):
+    """Process spec where every exit code below 400 invalidates the cache unless explicitly told otherwise."""
+
+    def exit_code(self, status: int, label: str, message: str, invalidates_cache: bool | None = None) -> None:
+        if invalidates_cache is None:
+            invalidates_cache = status < 400
+        super().exit_code(status, label, message, invalidates_cache=invalidates_cache)
+
+
+class BattgenCalcJob(engine.CalcJob):
+    """Run one ``battgen <COMMAND> --config config.yaml --workdir .`` and retrieve its outputs."""
+
+    _spec_class = BattgenCalcJobProcessSpec
+
+    COMMAND: ClassVar[str] = ""
+    # Files the command writes (relative to the working directory) that the parser reads.
+    OUTPUT_FILES: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def define(cls, spec: BattgenCalcJobProcessSpec) -> None:  # type: ignore[override]
+        super().define(spec)
+        spec.inputs["metadata"]["options"]["resources"].default = {"num_machines": 1, "num_mpiprocs_per_machine": 1}
+        spec.inputs["metadata"]["options"]["withmpi"].default = False
+        spec.inputs["metadata"]["options"]["input_filename"].default = CONFIG_FILENAME
+        spec.inputs["metadata"]["options"]["output_filename"].default = STDOUT_FILENAME
+        spec.input("metadata.options.error_filename", valid_type=str, default=STDERR_FILENAME)
+
+        # 3xx: the run left nothing usable (invalidate the cache).
+        spec.exit_code(300, "ERROR_MISSING_OUTPUT_FILES", message="An output file of the command was not retrieved: {files}.")
+        spec.exit_code(301, "ERROR_OUTPUT_UNREADABLE", message="An output file is unreadable or truncated: {error}")
+        spec.exit_code(302, "ERROR_SUMMARY_MISSING", message=f"The summary file {SUMMARY_FILENAME} was not retrieved or is not YAML.")
+        spec.exit_code(303, "ERROR_CLI_INVALID_INPUT", message="The battgen CLI rejected its input: {error}")
+        spec.exit_code(304, "ERROR_CLI_FAILED", message="The battgen CLI failed: {error}")
+
+    # --- hooks for subclasses -----------------------------------------------------------------
+    def build_config(self) -> dict[str, Any]:
+        """The YAML settings of the command (plain Python types)."""
+        raise NotImplementedError
+
+    def input_files(self) -> list[tuple[str, str, str]]:
+        """``local_copy_list`` entries ``(node uuid, file in its repository, name in the workdir)``."""
+        return []
+
+    # --- the submission -----------------------------------------------------------------------
+    def prepare_for_submission(self, folder) -> datastructures.CalcInfo:
+        if not self.COMMAND:
+            raise NotImplementedError(f"{type(self).__name__} does not set COMMAND")
+        options = self.inputs.metadata.options
+        config_text = yaml.safe_dump(self.build_config(), sort_keys=False)
+        with folder.open(options.input_filename, "w", encoding="utf-8") as handle:
+            handle.write(config_text)
+
+        codeinfo = datastructures.CodeInfo()
+        codeinfo.code_uuid = self.inputs.code.uuid
+        codeinfo.cmdline_params = [self.COMMAND, "--config", options.input_filename, "--workdir", "."]
+        codeinfo.stdout_name = options.output_filename
+        codeinfo.stderr_name = options.error_filename
+
+        calcinfo = datastructures.CalcInfo()
+        calcinfo.codes_info = [codeinfo]
+        # Inputs are copied straight from the node repositories: nothing is duplicated in the sandbox.
+        calcinfo.local_copy_list = self.input_files()
+        calcinfo.retrieve_list = [SUMMARY_FILENAME, options.output_filename, options.error_filename, *self.OUTPUT_FILES]
+        return calcinfo
+
+
+def validate_parameters_dict(
+    parameters: Mapping[str, Any], schema: Mapping[str, tuple[type | tuple[type, ...], str]]
+) -> str | None:
+    """Check a parameters mapping against ``{key: (accepted types, description)}``; returns an error or None.
+
+    Unknown keys are rejected with the list of allowed keys; bools are not accepted where numbers are.
+    """
+    unknown = sorted(set(parameters) - set(schema))
+    if unknown:
+        allowed = "; ".join(f"{key}: {description}" for key, (_, description) in schema.items())
+        return f"unknown parameter(s) {unknown}. Allowed: {allowed}"
+    for key, value in parameters.items():
+        types = schema[key][0]
+        types = types if isinstance(types, tuple) else (types,)
+        if isinstance(value, bool) and bool not in types:
+            return f"parameter {key!r} must be {'/'.join(t.__name__ for t in types)}, got a bool"
+        if not isinstance(value, types):
+            return f"parameter {key!r} must be {'/'.join(t.__name__ for t in types)}, got {type(value).__name__}"
+    return None
+

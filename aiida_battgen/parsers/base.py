@@ -1,0 +1,86 @@
+"""Base parser for ``battgen <command>`` runs: reads the summary YAML and batch files from the retrieved
+folder only (never the remote work directory) and maps CLI failures to the CalcJob's 3xx exit codes."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from typing import Any
+
+import yaml
+from aiida.engine import ExitCode
+from aiida.parsers import Parser
+
+from battgen.batch import BatchFormatError, StructureBatch
+from battgen.cli import EXIT_FAILED, EXIT_INVALID_INPUT, SUMMARY_FILENAME
+
+
+class ParsingError(Exception):
+    """Carries the exit code a parsing step ended with (raised and caught inside ``parse``)."""
+
+    def __init__(self, exit_code: ExitCode) -> None:
+        super().__init__(exit_code.message)
+        self.exit_code = exit_code
+
+
+class BattgenParser(Parser):
+    """Shared steps; subclasses implement :meth:`parse_outputs` using the helpers below."""
+
+    def parse(self, **kwargs: Any) -> ExitCode | None:
+        try:
+            summary = self.read_summary()
+            return self.parse_outputs(summary)
+        except ParsingError as exc:
+            return exc.exit_code
+
+    def parse_outputs(self, summary: dict[str, Any]) -> ExitCode | None:
+        raise NotImplementedError
+
+    # --- helpers --------------------------------------------------------------------------------
+    def _stderr_tail(self, n_lines: int = 5) -> str:
+        name = self.node.get_option("error_filename") if "error_filename" in self.node.get_options() else None
+        if not name or name not in self.retrieved.base.repository.list_object_names():
+            return ""
+        lines = self.retrieved.base.repository.get_object_content(name, mode="r").strip().splitlines()
+        return "\n".join(lines[-n_lines:])
+
+    def read_summary(self) -> dict[str, Any]:
+        """The CLI summary; raises ParsingError with 302 (missing/garbled), 303 (invalid input) or 304 (failed)."""
+        try:
+            summary = yaml.safe_load(self.retrieved.base.repository.get_object_content(SUMMARY_FILENAME, mode="r"))
+        except (FileNotFoundError, OSError, yaml.YAMLError):
+            tail = self._stderr_tail()
+            if tail:
+                self.logger.error(f"stderr of the battgen CLI ends with:\n{tail}")
+            raise ParsingError(self.exit_codes.ERROR_SUMMARY_MISSING)
+        if not isinstance(summary, dict) or "exit_code" not in summary:
+            raise ParsingError(self.exit_codes.ERROR_SUMMARY_MISSING)
+        if summary["exit_code"] == EXIT_INVALID_INPUT:
+            raise ParsingError(self.exit_codes.ERROR_CLI_INVALID_INPUT.format(error=summary.get("error")))
+        if summary["exit_code"] == EXIT_FAILED or summary["exit_code"] != 0:
+            if summary.get("traceback"):
+                self.logger.error(f"battgen traceback:\n{summary['traceback']}")
+            raise ParsingError(self.exit_codes.ERROR_CLI_FAILED.format(error=summary.get("error")))
+        return summary
+
+    def _require(self, filename: str) -> None:
+        if filename not in self.retrieved.base.repository.list_object_names():
+            raise ParsingError(self.exit_codes.ERROR_MISSING_OUTPUT_FILES.format(files=filename))
+
+    def read_batch(self, filename: str) -> StructureBatch:
+        """A retrieved batch file; raises ParsingError with 300 (missing) or 301 (unreadable/truncated)."""
+        self._require(filename)
+        try:
+            with self.retrieved.base.repository.open(filename, mode="rb") as handle:
+                with gzip.open(handle, "rt", encoding="utf-8") as text:
+                    return StructureBatch.read_stream(text, source=filename)
+        except (BatchFormatError, OSError, EOFError, UnicodeDecodeError) as exc:
+            raise ParsingError(self.exit_codes.ERROR_OUTPUT_UNREADABLE.format(error=f"{filename}: {exc}"))
+
+    def read_json(self, filename: str) -> Any:
+        """A retrieved JSON file; raises ParsingError with 300 (missing) or 301 (not JSON)."""
+        self._require(filename)
+        try:
+            return json.loads(self.retrieved.base.repository.get_object_content(filename, mode="r"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ParsingError(self.exit_codes.ERROR_OUTPUT_UNREADABLE.format(error=f"{filename}: {exc}"))
