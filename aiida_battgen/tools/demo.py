@@ -17,14 +17,23 @@ SHORTLIST_COLUMNS = (
 )
 
 
-def build_demo_inputs(code: orm.AbstractCode, protocol: str = "fast", overrides: dict | None = None):
+def primitive_builtin_hosts(names: list[str] | None = None):
+    """The built-in hosts as primitive cells: same crystals, up to 4x fewer atoms to relax."""
+    from battgen.batch import StructureBatch
+    from battgen.sources.builtin_hosts import builtin_hosts
+
+    hosts = builtin_hosts(names)
+    return StructureBatch([s.get_primitive_structure() for s in hosts.structures], hosts.meta)
+
+
+def build_demo_inputs(code: orm.AbstractCode, protocol: str = "fast", overrides: dict | None = None,
+                      host_names: list[str] | None = None):
     """A DiscoveryWorkChain builder on the built-in hosts (no network, no data files)."""
     from aiida_battgen.data.batch import StructureBatchData
     from aiida_battgen.workchains.discovery import DiscoveryWorkChain
-    from battgen.sources.builtin_hosts import builtin_hosts
 
-    seeds = StructureBatchData(builtin_hosts())
-    seeds.label = "built-in battery hosts"
+    seeds = StructureBatchData(primitive_builtin_hosts(host_names))
+    seeds.label = "built-in battery hosts (primitive cells)"
     builder = DiscoveryWorkChain.get_builder_from_protocol(code, seed_structures=seeds, protocol=protocol,
                                                            overrides=overrides)
     builder.shortlist_group_label = orm.Str("battgen/demo/shortlist")

@@ -1,0 +1,86 @@
+"""End to end: DiscoveryWorkChain in-process on SQLite with the real battgen CLI and CHGNet, then the
+lineage of every shortlisted candidate, queries, and an archive round trip into empty storage."""
+
+import pytest
+from aiida import orm
+from aiida.engine import run_get_node
+
+from aiida_battgen.tools.demo import build_demo_inputs
+from aiida_battgen.tools.lineage import DISCOVERY_STEPS, candidate_lineage, find_candidates
+
+HOSTS = ["LiCoO2", "Li2O", "LiCl", "Si"]
+TINY = {
+    "generation": {"n": 30, "conditions": {"max_per_seed": 8}},
+    "preselection": {"top_k": 3},
+    "relax": {"max_steps": 40, "fmax": 0.2},
+    "shortlist": {"top_k": 3, "max_values": {"e_above_hull_eV_per_atom": 2.0}},
+}
+
+
+@pytest.fixture(scope="module")
+def discovery_run(aiida_profile, battgen_executable):
+    from aiida_battgen.tools.profiles import ensure_battgen_code, ensure_localhost
+
+    code = ensure_battgen_code(ensure_localhost())
+    builder = build_demo_inputs(code, "fast", overrides=TINY, host_names=HOSTS)
+    builder.shortlist_group_label = orm.Str("test/discovery/shortlist")
+    _, node = run_get_node(builder)
+    return node
+
+
+@pytest.mark.slow
+def test_discovery_finishes_with_a_consistent_funnel(discovery_run):
+    node = discovery_run
+    assert node.is_finished_ok, node.exit_message
+    counts = node.outputs.funnel["counts"]
+    order = ["generated", "valid_structure", "charge_neutral", "unique", "novel", "preselected", "relaxed"]
+    assert [k for k in counts if k in order] == order
+    values = [counts[k] for k in order]
+    assert values == sorted(values, reverse=True), counts  # a funnel never grows
+    assert counts["generated"] <= 30 and counts["preselected"] == 3
+    assert counts["shortlisted"] == len(node.outputs.candidates) >= 1
+    hull = node.outputs.hull.get_dict()
+    assert hull["label"].startswith("mlip:chgnet")
+    # every sub-process has a call link label
+    labels = {link.link_label for link in node.base.links.get_outgoing().all() if link.link_type.value.startswith("call")}
+    assert {"generate_substitution", "screen_validity", "screen_novelty", "relax_candidates", "relax_references",
+            "energy_above_hull", "shortlist", "funnel_summary"} <= labels
+
+
+@pytest.mark.slow
+def test_every_candidate_has_a_complete_lineage(discovery_run):
+    seeds_pk = discovery_run.inputs.seed_structures.pk
+    for structure in discovery_run.outputs.candidates.values():
+        lineage = candidate_lineage(structure)
+        assert lineage.missing_steps() == [], lineage.as_text()
+        assert any(f"<{seeds_pk}>" in source for source in lineage.sources), lineage.as_text()
+        assert "generate_substitution" in lineage.process_labels
+
+
+@pytest.mark.slow
+def test_candidates_query(discovery_run):
+    everything = find_candidates(group_label="test/discovery/shortlist")
+    assert len(everything) == len(discovery_run.outputs.candidates)
+    values = [row["e_above_hull_eV_per_atom"] for row in everything]
+    assert values == sorted(values)
+    cut = find_candidates(max_e_above_hull=values[0], group_label="test/discovery/shortlist")
+    assert {row["structure_pk"] for row in cut} <= {row["structure_pk"] for row in everything}
+    assert all(row["e_above_hull_eV_per_atom"] <= values[0] for row in cut) and cut
+    element = everything[0]["elements"][0]
+    assert all(element in row["elements"] for row in find_candidates(elements=[element]))
+
+
+@pytest.mark.slow
+def test_archive_round_trip_keeps_the_lineage(discovery_run, aiida_profile, tmp_path):
+    from aiida.tools.archive import create_archive, import_archive
+
+    candidates = {s.uuid: candidate_lineage(s).process_labels for s in discovery_run.outputs.candidates.values()}
+    archive = tmp_path / "run.aiida"
+    create_archive([discovery_run], filename=archive)
+    aiida_profile.reset_storage()
+    assert orm.QueryBuilder().append(orm.StructureData).count() == 0
+    import_archive(archive)
+    for uuid, labels in candidates.items():
+        lineage = candidate_lineage(orm.load_node(uuid))
+        assert lineage.process_labels == labels
+        assert lineage.missing_steps(DISCOVERY_STEPS) == []
