@@ -79,13 +79,28 @@ def cmd_setup(ctx, profile_name, postgres, db_host, db_port, db_superuser, broke
 @click.option("--protocol", type=click.Choice(["fast", "balanced", "stringent"]), default="fast", show_default=True)
 @click.option("--output-dir", default="battgen-demo-output", show_default=True, help="Where the table and figure go.")
 @click.option("--daemon", is_flag=True, help="Submit to the daemon instead of running in this process.")
+@click.option("--hosts", default=None, help="Comma-separated built-in hosts to seed from (default: all).")
+@click.option("--overrides", "overrides_file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="YAML file deep-merged into the protocol (unknown keys are rejected).")
 @click.pass_context
-def cmd_demo(ctx, protocol, output_dir, daemon):
+def cmd_demo(ctx, protocol, output_dir, daemon, hosts, overrides_file):
     """Run the demo discovery on the built-in battery hosts and print the funnel and shortlist."""
-    from aiida_battgen.tools.demo import run_demo
+    import yaml
 
+    from aiida_battgen.tools.demo import run_demo
+    from aiida_battgen.workchains.protocols.utils import UnknownProtocolKeyError
+
+    overrides = None
+    if overrides_file:
+        with open(overrides_file, encoding="utf-8") as handle:
+            overrides = yaml.safe_load(handle) or {}
+    host_names = [h.strip() for h in hosts.split(",")] if hosts else None
     _load_or_create(ctx.obj.get("battgen_profile"))
-    node = run_demo(protocol=protocol, output_dir=output_dir, daemon=daemon)
+    try:
+        node = run_demo(protocol=protocol, output_dir=output_dir, daemon=daemon, overrides=overrides,
+                        host_names=host_names)
+    except (UnknownProtocolKeyError, ValueError) as exc:
+        echo.echo_critical(str(exc))
     sys.exit(0 if node.is_finished_ok else 1)
 
 

@@ -76,12 +76,12 @@ def report_workchain(workchain: orm.WorkChainNode, output_dir: Path) -> dict[str
 
 
 def run_demo(protocol: str = "fast", output_dir: str | Path = "battgen-demo-output", daemon: bool = False,
-             overrides: dict | None = None) -> orm.WorkChainNode:
+             overrides: dict | None = None, host_names: list[str] | None = None) -> orm.WorkChainNode:
     """Run the demo discovery in this process (default) or through the daemon, then report it."""
     from aiida_battgen.tools.profiles import ensure_battgen_code, ensure_localhost
 
     code = ensure_battgen_code(ensure_localhost())
-    builder = build_demo_inputs(code, protocol, overrides)
+    builder = build_demo_inputs(code, protocol, overrides, host_names)
     started = time.perf_counter()
     if daemon:
         node = submit(builder)
