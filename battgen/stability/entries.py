@@ -85,6 +85,23 @@ def entries_from_json(data: Any, source: str = "<json>") -> list[ComputedEntry]:
     return [entry_from_dict(record) for record in records]
 
 
+def entries_from_bytes(payload: bytes, source: str = "<bytes>") -> list[ComputedEntry]:
+    """Entries from file content of unknown layout: gzipped or not, one JSON document or JSON lines."""
+    if payload[:2] == b"\x1f\x8b":
+        try:
+            payload = gzip.decompress(payload)
+        except (OSError, EOFError) as exc:
+            raise EntriesFormatError(f"{source}: truncated gzip data: {exc}") from exc
+    try:
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise EntriesFormatError(f"{source}: not UTF-8 text") from exc
+    try:
+        return entries_from_json(json.loads(text), source=source)
+    except json.JSONDecodeError:
+        return entries_from_json_lines(text.splitlines(), source=source)
+
+
 def load_entries(path: str | Path) -> list[ComputedEntry]:
     """Read entries from a ``.json[.gz]`` (MSON list/mapping) or ``.jsonl[.gz]`` (snapshot) file."""
     path = Path(path)
