@@ -46,6 +46,7 @@ def relax_parameters(batch: StructureBatch, model: dict[str, Any], settings: dic
     """Queryable scalars of a relaxation: model identity, counts per status, settings with units."""
     counts = status_counts(batch)
     energies = [e for e in batch.column("energy_per_atom_eV") if e is not None]
+    unsupported = sorted({el for elements in batch.column("unsupported_elements") if elements for el in elements})
     return {
         "mlip": model.get("name"),
         "model_name": model.get("model_name"),
@@ -55,6 +56,7 @@ def relax_parameters(batch: StructureBatch, model: dict[str, Any], settings: dic
         "n_rows": len(batch),
         "counts": counts,
         **{f"n_{status}": n for status, n in counts.items()},
+        "unsupported_elements": unsupported,
         "fmax_eV_per_A": settings.get("fmax"),
         "max_steps": settings.get("max_steps"),
         "maxstep_A": settings.get("maxstep"),
@@ -82,7 +84,7 @@ class MlipRelaxParser(BattgenParser):
         parameters = relax_parameters(
             batch, outputs.get("model", {}), outputs.get("settings", {}),
             wall_time_s=summary.get("wall_time_s"), relax_wall_time_s=outputs.get("relax_wall_time_s"),
-            unsupported_elements=outputs.get("unsupported_elements", []), versions=summary.get("versions", {}),
+            versions=summary.get("versions", {}),
         )
         self.out("relaxed_structures", StructureBatchData(batch))
         self.out("output_parameters", orm.Dict(parameters))

@@ -202,7 +202,11 @@ def relax_batch(
             cell_filter=cell_filter, optimizer=optimizer, maxstep=maxstep,
         )
         structures.append(relaxed)
-        meta.append({**row_meta, **{key: record[key] for key in RELAX_COLUMNS}})
+        row = {**row_meta, **{key: record[key] for key in RELAX_COLUMNS}}
+        row.pop("unsupported_elements", None)  # a stale flag from an earlier relaxation of this row
+        if record.get("unsupported_elements"):
+            row["unsupported_elements"] = record["unsupported_elements"]
+        meta.append(row)
         records.append({"row_id": row_meta["row_id"], **record})
     return StructureBatch(structures, meta), records
 

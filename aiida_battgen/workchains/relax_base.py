@@ -1,0 +1,228 @@
+"""``battgen.mlip.relax_base``: MlipRelaxCalculation with automatic restarts of the rows that need it.
+
+Only the rows that need more work are resubmitted; the rows already done are kept and every piece is
+merged by ``row_id`` at the end by a calcfunction, so the provenance graph shows which calculation
+produced each row:
+
+* 400 not converged  -> the not-converged rows restart from their last structures with ``max_steps`` doubled;
+* 401 exploded       -> the exploded rows are retried once from their starting structures with ``maxstep``
+                        halved (not-converged rows of the same run go along); if they explode again they
+                        are dropped from the output with a warning;
+* 402 unsupported    -> nothing to retry: the rows stay flagged in the output;
+* 300/301/302        -> outputs lost (node failure, full disk): resubmit once, then fail;
+* 303/304            -> the CLI rejected the input or crashed: deterministic, fail at once.
+
+The work chain ends with 0 when every row converged, with 710 (outputs attached) when some rows are
+flagged unsupported or were dropped.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiida import orm
+from aiida.common import AttributeDict
+from aiida.engine import BaseRestartWorkChain, ExitCode, ProcessHandlerReport, calcfunction, process_handler, while_
+
+from aiida_battgen.calculations.relax import MlipRelaxCalculation
+from aiida_battgen.data.batch import StructureBatchData
+from aiida_battgen.parsers.relax import relax_arrays, relax_parameters
+from battgen.batch import StructureBatch
+
+DEFAULT_MAX_STEPS = 500
+DEFAULT_MAXSTEP_A = 0.2
+MAXSTEP_REDUCTION = 0.5  # maxstep factor when retrying exploded rows
+
+
+@calcfunction
+def select_relax_rows(structures: StructureBatchData, statuses: orm.List) -> dict[str, StructureBatchData]:
+    """The rows of a relaxed batch whose ``relax_status`` is one of ``statuses`` (the rows to restart)."""
+    wanted = set(statuses.get_list())
+    batch = structures.get_batch().select(lambda meta, _: meta.get("relax_status") in wanted)
+    return {"structures": StructureBatchData(batch)}
+
+
+@calcfunction
+def merge_relax_results(parameters: orm.Dict, drop_row_ids: orm.List, **batches: StructureBatchData):
+    """Merge relaxed batches by ``row_id``: later batches (by link label) replace earlier rows, first-seen
+    order is kept, ``drop_row_ids`` are left out. Returns the same outputs as MlipRelaxCalculation."""
+    rows: dict[str, tuple[dict[str, Any], Any]] = {}
+    for label in sorted(batches):
+        for meta, structure in batches[label].get_batch():
+            rows[meta["row_id"]] = (meta, structure)
+    dropped = set(drop_row_ids.get_list())
+    kept = [(meta, structure) for row_id, (meta, structure) in rows.items() if row_id not in dropped]
+    merged = StructureBatch([s for _, s in kept], [m for m, _ in kept])
+
+    last = parameters.get_dict()
+    model = {
+        "name": last.get("mlip"), "model_name": last.get("model_name"), "package": last.get("package"),
+        "package_version": last.get("package_version"), "weights_sha256": last.get("weights_sha256"),
+    }
+    settings = {k: last.get(v) for k, v in (("fmax", "fmax_eV_per_A"), ("max_steps", "max_steps"),
+                                              ("maxstep", "maxstep_A"), ("cell_filter", "cell_filter"),
+                                              ("optimizer", "optimizer"))}
+    merged_parameters = relax_parameters(
+        merged, model, settings, dropped_row_ids=sorted(dropped),
+        n_pieces_merged=len(batches), versions=last.get("versions", {}),
+    )
+    return {
+        "relaxed_structures": StructureBatchData(merged),
+        "output_parameters": orm.Dict(merged_parameters),
+        "output_arrays": relax_arrays(merged),
+    }
+
+
+class MlipRelaxBaseWorkChain(BaseRestartWorkChain):
+    """Relax a batch with MlipRelaxCalculation, restarting only the rows that did not converge or exploded."""
+
+    _process_class = MlipRelaxCalculation
+
+    @classmethod
+    def define(cls, spec) -> None:
+        super().define(spec)
+        spec.expose_inputs(MlipRelaxCalculation, namespace="relax",
+                           namespace_options={"help": "Inputs of the MlipRelaxCalculation (structures, parameters, code)."})
+        spec.expose_outputs(MlipRelaxCalculation)
+        spec.outline(
+            cls.setup,
+            while_(cls.should_run_process)(
+                cls.run_process,
+                cls.inspect_process,
+            ),
+            cls.results,
+        )
+        spec.exit_code(501, "ERROR_OUTPUTS_LOST_TWICE",
+                       message="The calculation lost its outputs twice in a row (exit {status}); giving up.")
+        spec.exit_code(502, "ERROR_CLI_REJECTED",
+                       message="The battgen CLI rejected the input or crashed (exit {status}); a restart cannot help.")
+        spec.exit_code(710, "WARNING_ROWS_NOT_RELAXED",
+                       message="Outputs attached, but {n_unsupported} row(s) have unsupported elements and "
+                               "{n_dropped} exploded row(s) were dropped.")
+
+    def setup(self) -> None:
+        super().setup()
+        self.ctx.inputs = AttributeDict(self.exposed_inputs(MlipRelaxCalculation, "relax"))
+        self.ctx.pieces = []  # relaxed_structures nodes of earlier iterations, merged at the end
+        self.ctx.dropped = []  # row ids removed after exploding twice
+        self.ctx.exploded_retried = False
+        self.ctx.outputs_lost_retried = False
+
+    def report_error_handled(self, node, action: str) -> None:
+        """Log the failure of ``node`` and what is done about it."""
+        self.report(f"{node.process_label}<{node.pk}> failed with exit status {node.exit_status}: {node.exit_message}")
+        self.report(f"Action taken: {action}")
+
+    # --- helpers ------------------------------------------------------------------------------
+    def _parameters(self) -> dict[str, Any]:
+        return self.ctx.inputs.parameters.get_dict() if "parameters" in self.ctx.inputs else {}
+
+    def _restart_rows(self, node, statuses: list[str], **updates: Any) -> None:
+        """Keep the node's rows for the final merge and resubmit those with one of ``statuses``."""
+        relaxed = node.outputs.relaxed_structures
+        self.ctx.pieces.append(relaxed)
+        self.ctx.inputs.structures = select_relax_rows(relaxed, orm.List(statuses))["structures"]
+        self.ctx.inputs.parameters = orm.Dict({**self._parameters(), **updates})
+
+    def _finish_with(self, node) -> ProcessHandlerReport:
+        """Nothing left to rerun: keep the node's rows and go to ``results``."""
+        self.ctx.pieces.append(node.outputs.relaxed_structures)
+        self.ctx.is_finished = True
+        return ProcessHandlerReport(do_break=True, exit_code=ExitCode(0))
+
+    @staticmethod
+    def _counts(node) -> dict[str, int]:
+        return node.outputs.output_parameters["counts"]
+
+    # --- handlers -----------------------------------------------------------------------------
+    @process_handler(priority=600, exit_codes=[
+        MlipRelaxCalculation.exit_codes.ERROR_MISSING_OUTPUT_FILES,
+        MlipRelaxCalculation.exit_codes.ERROR_OUTPUT_UNREADABLE,
+        MlipRelaxCalculation.exit_codes.ERROR_SUMMARY_MISSING,
+    ])
+    def handle_outputs_lost(self, node):
+        """Outputs missing or truncated (node failure, quota): resubmit the same inputs once, then fail."""
+        if self.ctx.outputs_lost_retried:
+            self.report_error_handled(node, "second time in a row: aborting")
+            return ProcessHandlerReport(True, self.exit_codes.ERROR_OUTPUTS_LOST_TWICE.format(status=node.exit_status))
+        self.ctx.outputs_lost_retried = True
+        self.report_error_handled(node, "resubmitting the same inputs once")
+        return ProcessHandlerReport(True)
+
+    @process_handler(priority=590, exit_codes=[
+        MlipRelaxCalculation.exit_codes.ERROR_CLI_INVALID_INPUT,
+        MlipRelaxCalculation.exit_codes.ERROR_CLI_FAILED,
+    ])
+    def handle_cli_rejected(self, node):
+        """The CLI rejected its input or crashed: the same inputs would fail again."""
+        self.report_error_handled(node, "aborting: the failure is deterministic")
+        return ProcessHandlerReport(True, self.exit_codes.ERROR_CLI_REJECTED.format(status=node.exit_status))
+
+    @process_handler(priority=500, exit_codes=[MlipRelaxCalculation.exit_codes.WARNING_EXPLODED])
+    def handle_exploded(self, node):
+        """Retry exploded rows once with half the optimiser step; drop them if they explode again."""
+        counts = self._counts(node)
+        parameters = self._parameters()
+        more_steps = {"max_steps": 2 * parameters.get("max_steps", DEFAULT_MAX_STEPS)} if counts["not_converged"] else {}
+        if not self.ctx.exploded_retried:
+            self.ctx.exploded_retried = True
+            maxstep = MAXSTEP_REDUCTION * parameters.get("maxstep", DEFAULT_MAXSTEP_A)
+            self._restart_rows(node, ["exploded", "not_converged"], maxstep=maxstep, **more_steps)
+            self.report_error_handled(
+                node, f"retrying {counts['exploded']} exploded row(s) with maxstep={maxstep:g} Å"
+                + (f" and {counts['not_converged']} not-converged row(s) with max_steps={more_steps['max_steps']}" if more_steps else ""),
+            )
+            return ProcessHandlerReport(True)
+
+        relaxed = node.outputs.relaxed_structures.get_batch()
+        exploded = [meta["row_id"] for meta in relaxed.meta if meta.get("relax_status") == "exploded"]
+        self.ctx.dropped.extend(exploded)
+        self.logger.warning(f"dropping {len(exploded)} row(s) that exploded twice: {exploded}")
+        if counts["not_converged"]:
+            self._restart_rows(node, ["not_converged"], **more_steps)
+            self.report_error_handled(node, f"dropped exploded rows {exploded}; restarting "
+                                            f"{counts['not_converged']} not-converged row(s) with max_steps={more_steps['max_steps']}")
+            return ProcessHandlerReport(True)
+        self.report_error_handled(node, f"dropped rows {exploded} that exploded twice; finishing")
+        return self._finish_with(node)
+
+    @process_handler(priority=400, exit_codes=[MlipRelaxCalculation.exit_codes.WARNING_NOT_CONVERGED])
+    def handle_not_converged(self, node):
+        """Restart the not-converged rows from their last structures with twice the steps."""
+        max_steps = 2 * self._parameters().get("max_steps", DEFAULT_MAX_STEPS)
+        self._restart_rows(node, ["not_converged"], max_steps=max_steps)
+        self.report_error_handled(
+            node, f"restarting {self._counts(node)['not_converged']} not-converged row(s) from their last structures "
+                  f"with max_steps={max_steps}")
+        return ProcessHandlerReport(True)
+
+    @process_handler(priority=300, exit_codes=[MlipRelaxCalculation.exit_codes.WARNING_UNSUPPORTED_ELEMENTS])
+    def handle_unsupported_elements(self, node):
+        """No MLIP setting fixes a missing element: keep the flagged rows and finish."""
+        self.report_error_handled(node, "keeping the flagged rows unrelaxed; finishing")
+        return self._finish_with(node)
+
+    # --- outputs ------------------------------------------------------------------------------
+    def get_outputs(self, node):
+        """The last calculation's outputs, or, after restarts or drops, the merge of all pieces."""
+        pieces = list(self.ctx.pieces)
+        last = node.outputs.relaxed_structures if "relaxed_structures" in node.outputs else None
+        if last is not None and all(piece.uuid != last.uuid for piece in pieces):
+            pieces.append(last)
+        if len(pieces) <= 1 and not self.ctx.dropped:
+            return super().get_outputs(node)
+        return merge_relax_results(
+            parameters=node.outputs.output_parameters,
+            drop_row_ids=orm.List(list(self.ctx.dropped)),
+            **{f"piece_{index:02d}": piece for index, piece in enumerate(pieces)},
+        )
+
+    def results(self) -> ExitCode | None:
+        super().results()
+        if "output_parameters" not in self.outputs:
+            return None
+        counts = self.outputs["output_parameters"]["counts"]
+        if counts["unsupported_element"] or self.ctx.dropped:
+            return self.exit_codes.WARNING_ROWS_NOT_RELAXED.format(
+                n_unsupported=counts["unsupported_element"], n_dropped=len(self.ctx.dropped))
+        return None
