@@ -27,6 +27,7 @@ below the hull would be a new ground state of that hull (``allow_negative`` in p
 
 from __future__ import annotations
 
+import functools
 import json
 import warnings
 from collections.abc import Iterable
@@ -94,12 +95,21 @@ def _check_scheme(compatibility: str | None) -> None:
         raise HullError(f"unknown compatibility scheme {compatibility!r}; use one of {COMPATIBILITY_SCHEMES}")
 
 
-def _quiet_process(entries: list[ComputedEntry]) -> list[ComputedEntry]:
-    """MP2020-process entries; its oxidation-state guessing warns for every intermetallic — silence that."""
+@functools.cache
+def _mp2020() -> MaterialsProject2020Compatibility:
+    """One shared instance: constructing it parses its YAML config (~0.1 s), too slow per candidate."""
+    return MaterialsProject2020Compatibility()
+
+
+def _quiet_process(entries: list[ComputedEntry], inplace: bool = False) -> list[ComputedEntry]:
+    """MP2020-process entries; its oxidation-state guessing warns for every intermetallic — silence that.
+
+    ``inplace=True`` only for entries built here: copying is most of the cost for a single candidate.
+    """
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Failed to guess oxidation states")
         warnings.filterwarnings("ignore", message="No Pauling electronegativity")
-        return MaterialsProject2020Compatibility().process_entries(entries, clean=True, inplace=False)
+        return _mp2020().process_entries(entries, clean=True, inplace=inplace)
 
 
 def mp_style_entry(
@@ -118,7 +128,7 @@ def mp_style_entry(
         composition = Composition(structure_or_composition)
     elements = sorted(composition.elements, key=lambda el: el.X)
     anion = elements[-1].symbol
-    u_settings = MaterialsProject2020Compatibility().u_settings.get(anion, {})
+    u_settings = _mp2020().u_settings.get(anion, {})
     hubbards = {el.symbol: float(u_settings[el.symbol]) for el in elements if u_settings.get(el.symbol)}
     potcars = MPRelaxSet.CONFIG["POTCAR"]
     parameters = {
@@ -174,17 +184,18 @@ class ReferenceHull:
 
     @classmethod
     def from_entries(
-        cls, entries: Iterable[ComputedEntry], label: str, compatibility: str | None = MP2020
+        cls, entries: Iterable[ComputedEntry], label: str, compatibility: str | None = MP2020, *, copy: bool = True
     ) -> ReferenceHull:
         """A hull from computed entries (DFT, e.g. Materials Project).
 
         ``compatibility="MP2020"`` re-applies MaterialsProject2020Compatibility (entries it rejects —
         wrong run type, POTCAR, U value — are dropped and counted); ``None`` uses the energies as
-        stored, including any correction already applied to them.
+        stored, including any correction already applied to them. MP2020 processing works on copies;
+        ``copy=False`` corrects the given entries in place (faster; for entries loaded just for this hull).
         """
         _check_scheme(compatibility)
         entries = list(entries)
-        processed = _quiet_process(entries) if compatibility == MP2020 else entries
+        processed = _quiet_process(entries, inplace=not copy) if compatibility == MP2020 else entries
         return cls._build(
             processed,
             label=label,
@@ -219,7 +230,7 @@ class ReferenceHull:
             entries.append(entry)
         if not entries:
             raise HullError(f"none of the {len(batch)} reference rows has an energy_eV")
-        processed = _quiet_process(entries) if compatibility == MP2020 else entries
+        processed = _quiet_process(entries, inplace=True) if compatibility == MP2020 else entries
         return cls._build(
             processed,
             label=label,
@@ -257,7 +268,7 @@ class ReferenceHull:
         _check_scheme(compatibility)
         if compatibility == MP2020:
             entry = mp_style_entry(structure_or_composition, energy_eV, entry_id=entry_id)
-            processed = _quiet_process([entry])
+            processed = _quiet_process([entry], inplace=True)
             if not processed:
                 raise HullError(f"MP2020 rejected the candidate {entry.composition.reduced_formula}")
             return processed[0]
@@ -382,7 +393,7 @@ def hull_from_config(config: dict[str, Any], workdir: Path) -> ReferenceHull:
         compatibility = config.get("compatibility", MP2020)
         _check_scheme(compatibility)
         label = config.get("label") or f"entries {path.name} ({compatibility or 'as stored'})"
-        return ReferenceHull.from_entries(load_entries(path), label, compatibility)
+        return ReferenceHull.from_entries(load_entries(path), label, compatibility, copy=False)
     except (HullError, BatchFormatError, EntriesFormatError) as exc:
         raise InvalidInputError(str(exc)) from exc
 

@@ -116,7 +116,7 @@ def energy_above_hull(
             except EntriesFormatError as exc:
                 return ERROR_NO_REFERENCE.format(detail=str(exc))
             label = settings["label"] or f"entries {type(reference_entries).__name__}<{reference_entries.pk}>"
-            hull = ReferenceHull.from_entries(entries, label, settings["compatibility"])
+            hull = ReferenceHull.from_entries(entries, label, settings["compatibility"], copy=False)
     except IncompleteHullError as exc:
         return ERROR_HULL_INCOMPLETE.format(elements=", ".join(exc.missing_elements))
     except HullError as exc:
