@@ -308,7 +308,9 @@ class ReferenceHull:
 
     def describe(self) -> dict[str, Any]:
         """What this hull is: label, corrections, counts, elements and its stable phases (JSON-safe)."""
-        stable = sorted(self.phase_diagram.stable_entries, key=lambda e: (e.composition.reduced_formula, e.entry_id or ""))
+        stable = sorted(
+            self.phase_diagram.stable_entries, key=lambda e: (e.composition.reduced_formula, e.entry_id or "")
+        )
         return {
             "label": self.label,
             "source": self.source,

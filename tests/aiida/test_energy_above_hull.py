@@ -89,7 +89,8 @@ def test_mlip_route(aiida_profile_clean, references, candidates):
     assert "no energy_eV" in rows["li2o2-failed"]["hull_error"]
     hull = outputs["hull"].get_dict()
     assert hull["label"] == label and hull["compatibility"] is None and hull["n_stable_phases"] == 3
-    assert outputs["structures"].n_rows == 2 and "e_above_hull_eV_per_atom" in outputs["structures"].base.attributes.get("columns")
+    assert outputs["structures"].n_rows == 2
+    assert "e_above_hull_eV_per_atom" in outputs["structures"].base.attributes.get("columns")
 
 
 def test_entries_route_from_snapshot_file(aiida_profile_clean, candidates, tmp_path):
@@ -176,9 +177,8 @@ def test_error_hull_incomplete(aiida_profile_clean, candidates, references):
 
     # Candidates with Cl against a Li-O hull: refused unless allow_outside_hull.
     licl = Structure.from_spacegroup("Fm-3m", Lattice.cubic(5.13), ["Li", "Cl"], [[0, 0, 0], [0.5] * 3])
-    with_cl = StructureBatchData(
-        StructureBatch.concatenate([candidates.get_batch(), StructureBatch([licl], [{"row_id": "licl", "energy_eV": -7.0}])])
-    )
+    licl_row = StructureBatch([licl], [{"row_id": "licl", "energy_eV": -7.0}])
+    with_cl = StructureBatchData(StructureBatch.concatenate([candidates.get_batch(), licl_row]))
     _, node = energy_above_hull.run_get_node(structures=with_cl, reference=references)
     assert node.exit_status == 331 and "Cl" in node.exit_message
     _assert_nothing_stored(node)

@@ -124,11 +124,16 @@ def test_mp_style_entry_parameters():
 def test_mlip_route_with_fake_energy_batch():
     refs = elemental_reference_structures(["Li", "O"])
     li2o = antifluorite_li2o().get_primitive_structure()  # 3 atoms
-    li2o2 = Structure(Lattice.hexagonal(3.14, 7.65), ["Li"] * 2 + ["O"] * 2, [[0, 0, 0], [0, 0, 0.5], [1 / 3, 2 / 3, 0.15], [1 / 3, 2 / 3, 0.35]])
+    li2o2 = Structure(
+        Lattice.hexagonal(3.14, 7.65), ["Li"] * 2 + ["O"] * 2,
+        [[0, 0, 0], [0, 0, 0.5], [1 / 3, 2 / 3, 0.15], [1 / 3, 2 / 3, 0.35]],
+    )
     references = StructureBatch.concatenate(
         [
             refs.with_columns(energy_eV=[E_LI * 1, E_O * 2]),
-            StructureBatch([li2o, li2o], [{"row_id": "Li2O", "energy_eV": _total(2, 1, -2.0)}, {"row_id": "Li2O-failed"}]),
+            StructureBatch(
+                [li2o, li2o], [{"row_id": "Li2O", "energy_eV": _total(2, 1, -2.0)}, {"row_id": "Li2O-failed"}]
+            ),
         ]
     )
     hull = ReferenceHull.from_energy_batch(references, "mlip:fake-1.0 (elemental + host references)")
