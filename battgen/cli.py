@@ -46,6 +46,22 @@ COMMANDS: dict[str, str] = {
 _VERSIONED_PACKAGES = ("pymatgen", "ase", "numpy", "smact", "torch", "chgnet", "sevenn", "matgl", "mp-api")
 
 
+# Config keys whose values never go into a summary file (secrets belong in the environment).
+_SECRET_KEY_PARTS = ("api_key", "apikey", "password", "token", "secret")
+
+
+def redact_secrets(value: Any) -> Any:
+    """A copy of ``value`` with every secret-looking key's value replaced by ``"<redacted>"``."""
+    if isinstance(value, dict):
+        return {
+            k: "<redacted>" if any(part in str(k).lower() for part in _SECRET_KEY_PARTS) else redact_secrets(v)
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [redact_secrets(v) for v in value]
+    return value
+
+
 class InvalidInputError(ValueError):
     """Raised by a command when its config or input data is unusable; maps to exit code 2."""
 
@@ -80,7 +96,7 @@ def run_command(name: str, config: dict[str, Any], workdir: Path) -> tuple[int, 
         "summary_format_version": SUMMARY_FORMAT_VERSION,
         "command": name,
         "started_at": _dt.datetime.now(_dt.timezone.utc).isoformat(),
-        "config": config,
+        "config": redact_secrets(config),
         "versions": package_versions(),
     }
     try:

@@ -242,7 +242,7 @@ class DiscoveryWorkChain(ProtocolMixin, WorkChain):
     def compute_stability(self):
         outputs, node = self._run_calcfunction(
             energy_above_hull, "energy_above_hull", structures=self.ctx.relaxed,
-            reference=self.ctx.relax_references.outputs.relaxed_structures, parameters=self.inputs.hull,
+            reference=self.ctx.relax_references.outputs.relaxed_structures, parameters=self._hull_parameters(),
         )
         if not node.is_finished_ok:
             self.report(f"energy_above_hull<{node.pk}> failed: {node.exit_message}")
@@ -250,6 +250,16 @@ class DiscoveryWorkChain(ProtocolMixin, WorkChain):
         self.ctx.annotated = outputs["structures"]
         self.out("relaxed_structures", self.ctx.annotated)
         self.out("hull", outputs["hull"])
+
+    def _hull_parameters(self) -> orm.Dict:
+        """The hull settings plus a label naming the model that produced every energy on it."""
+        settings = self.inputs.hull.get_dict()
+        if not settings.get("label"):
+            model = self.ctx.relax_references.outputs.output_parameters.get_dict()
+            name = model.get("mlip") or model.get("model_name") or "mlip"
+            version = model.get("package_version") or model.get("version") or ""
+            settings["label"] = f"mlip:{name}-{version} (elemental + seed references relaxed with the same model)"
+        return orm.Dict(settings)
 
     def make_shortlist(self):
         outputs, node = self._run_calcfunction(shortlist, "shortlist", structures=self.ctx.annotated,
