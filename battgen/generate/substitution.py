@@ -163,7 +163,7 @@ class SubstitutionGenerator(Generator):
                 if probability < conditions["threshold"]:
                     continue
                 elements = {sp.symbol for sp in new_list}
-                if not required <= elements or (allowed is not None and not elements <= allowed):
+                if not required <= elements or elements & forbidden or (allowed is not None and not elements <= allowed):
                     continue
                 element_key = tuple(sorted((x.symbol, y.symbol) for x, y in species_map.items()))
                 if element_key not in best or probability > best[element_key]["probability"]:
