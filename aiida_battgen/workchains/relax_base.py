@@ -211,11 +211,13 @@ class MlipRelaxBaseWorkChain(BaseRestartWorkChain):
             pieces.append(last)
         if len(pieces) <= 1 and not self.ctx.dropped:
             return super().get_outputs(node)
-        return merge_relax_results(
+        outputs = super().get_outputs(node)  # remote_folder, retrieved of the last calculation
+        outputs.update(merge_relax_results(
             parameters=node.outputs.output_parameters,
             drop_row_ids=orm.List(list(self.ctx.dropped)),
             **{f"piece_{index:02d}": piece for index, piece in enumerate(pieces)},
-        )
+        ))
+        return outputs
 
     def results(self) -> ExitCode | None:
         super().results()
