@@ -219,6 +219,16 @@ def main() -> None:
     naive_dups = naive_duplicates(window_structures, window_ids, matcher)
     naive_uniqueness_time = time.perf_counter() - started
     identical_uniqueness = find_duplicates(window_structures, window_ids, make_matcher()) == naive_dups
+    # positives: 40 random duplicate rows with their representatives + 80 random rows, in batch order
+    duplicates = [i for i, m in enumerate(duplicate_of) if m is not None]
+    picked = set(rng.sample(duplicates, min(40, len(duplicates)))) | set(rng.sample(range(len(uniq_in)), 80))
+    picked |= {uniq_in.row_ids.index(duplicate_of[i]) for i in list(picked) if duplicate_of[i] is not None}
+    subset = sorted(picked)
+    subset_structures = [uniq_in.structures[i] for i in subset]
+    subset_ids = [uniq_in.row_ids[i] for i in subset]
+    naive_subset = naive_duplicates(subset_structures, subset_ids, matcher)
+    identical_uniqueness &= find_duplicates(subset_structures, subset_ids, make_matcher()) == naive_subset
+    n_dup_subset = sum(m is not None for m in naive_subset)
     unique_count, uniqueness_sample_pairs = 0, 0
     for match in naive_dups:
         uniqueness_sample_pairs += unique_count if match is None else window_ids.index(match) + 1  # upper bound
@@ -237,7 +247,8 @@ def main() -> None:
           f" {sum(m is not None for m in naive_dups)} duplicates, {naive_uniqueness_time:.1f} s) and "
           f"{novelty_sample_pairs:,} pairs ({len(queries)} random rows x {len(refs)} random references,"
           f" {naive_novelty_time:.1f} s)")
-    print(f"  identical decisions: uniqueness window {identical_uniqueness}, novelty sample {identical_novelty}"
+    print(f"  identical decisions: uniqueness window + {len(subset)}-row subset with {n_dup_subset} duplicates"
+          f" {identical_uniqueness}, novelty sample {identical_novelty}"
           f" ({n_positive} of {len(queries)} rows match a reference)")
     identical = identical_uniqueness and identical_novelty
     print(f"seconds={ours:.1f} speedup={naive / ours:.0f} identical={str(identical).lower()}")
