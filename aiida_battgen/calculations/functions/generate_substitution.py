@@ -9,7 +9,8 @@ from aiida_battgen.calculations.functions._screening import empty_batch, invalid
 from aiida_battgen.data.batch import StructureBatchData
 from battgen.generate.substitution import SubstitutionGenerator
 
-_PARAMETER_KEYS = {"n", "conditions"}
+# ``generator`` is allowed so a work chain can pass its whole generation settings unchanged.
+_PARAMETER_KEYS = {"generator", "n", "conditions"}
 
 
 @calcfunction
@@ -27,6 +28,8 @@ def generate_substitution(seeds: StructureBatchData, parameters: orm.Dict, seed:
     unknown = sorted(set(values) - _PARAMETER_KEYS)
     if unknown:
         return invalid_parameters(f"unknown key(s) {unknown}; allowed: {sorted(_PARAMETER_KEYS)}")
+    if values.get("generator", "substitution") not in ("substitution", "battgen.substitution"):
+        return invalid_parameters(f"generator {values['generator']!r} is not the substitution generator")
     n = values.get("n")
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         return invalid_parameters(f"'n' must be a positive integer, got {n!r}")
