@@ -289,8 +289,8 @@ class DiscoveryWorkChain(ProtocolMixin, WorkChain):
 
     def results(self):
         funnel, _ = self._run_calcfunction(funnel_summary, "funnel_summary", **self.ctx.funnel)
-        self.out("funnel", funnel["result"])
-        counts = funnel["result"]["counts"]
+        self.out("funnel", funnel)  # a calcfunction returning one node gives the node itself
+        counts = funnel["counts"]
         self.report("funnel: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
         if self.ctx.current.n_rows == 0:
             return self.exit_codes.WARNING_NO_CANDIDATES
