@@ -36,7 +36,8 @@ def _load_existing_profile(ctx) -> None:
         echo.echo_critical(f"{exc}. Create one with `aiida-battgen setup`.")
 
 
-def _load_or_create(profile_name: str | None, postgres: bool = False):
+def _load_or_create(profile_name: str | None, postgres: bool | None = None):
+    """Load an existing profile of any storage, or create the embedded one."""
     from aiida_battgen.tools.profiles import DEFAULT_PROFILE, ServiceUnavailableError, setup_all
 
     try:

@@ -108,13 +108,16 @@ def rabbitmq_broker_config(settings: RabbitmqSettings) -> dict[str, Any]:
 def ensure_profile(
     name: str = DEFAULT_PROFILE,
     *,
-    postgres: bool = False,
+    postgres: bool | None = False,
     postgres_settings: PostgresSettings | None = None,
     rabbitmq_settings: RabbitmqSettings | None = None,
     email: str = "battgen@localhost",
     set_default: bool = True,
 ) -> tuple[Any, bool]:
-    """Load profile ``name``, creating it first if needed. Returns (profile, created)."""
+    """Load profile ``name``, creating it first if needed. Returns (profile, created).
+
+    ``postgres=None`` accepts an existing profile of either storage and creates an embedded one if missing.
+    """
     from aiida import load_profile
     from aiida.manage.configuration import create_profile, get_config
     from aiida.plugins import BrokerFactory
@@ -123,7 +126,7 @@ def ensure_profile(
     if name in config.profile_names:
         profile = config.get_profile(name)
         wanted = "core.psql_dos" if postgres else "core.sqlite_dos"
-        if profile.storage_backend != wanted:
+        if postgres is not None and profile.storage_backend != wanted:
             raise ValueError(
                 f"profile {name!r} exists with storage {profile.storage_backend!r}, not {wanted!r}; "
                 "choose another --profile name"
@@ -131,7 +134,7 @@ def ensure_profile(
         load_profile(name, allow_switch=True)
         return profile, False
 
-    if postgres:
+    if postgres:  # None or False: embedded
         pg = postgres_settings or PostgresSettings()
         database = pg.database or f"aiida_{name}"
         broker_config = rabbitmq_broker_config(rabbitmq_settings or RabbitmqSettings())
@@ -213,7 +216,7 @@ def ensure_battgen_code(computer, label: str = BATTGEN_CODE_LABEL):
     return code.store()
 
 
-def setup_all(name: str = DEFAULT_PROFILE, postgres: bool = False, **kwargs: Any) -> dict[str, Any]:
+def setup_all(name: str = DEFAULT_PROFILE, postgres: bool | None = False, **kwargs: Any) -> dict[str, Any]:
     """Profile + localhost + battgen code; returns what was created or reused."""
     profile, created = ensure_profile(name, postgres=postgres, **kwargs)
     computer = ensure_localhost()
