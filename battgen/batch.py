@@ -4,15 +4,21 @@ Thousands of generated candidates travel between workflow steps as one batch fil
 layer, as one node). The format is plain JSON so any tool can read it:
 
 line 1: ``{"format": "battgen.structure_batch", "version": 1, "n_rows": N, "columns": [...]}``
-then one line per row: ``{"row_id": str, "lattice": 3x3 Å, "species": [...], "frac_coords": [[...]],
-"meta": {...}}``
+then one line per row: ``{"row_id": str, "meta": {...}, "structure": {"lattice": 3x3 Å, "species": [...],
+"frac_coords": [[...]]}}`` (``structure`` always last).
 
 Only ordered structures are stored (generated candidates always are); a disordered structure raises
 :class:`BatchFormatError` when added, so sources can skip it with a reason.
+
+Speed: a batch remembers the JSON text of each structure it read or wrote, and ``select`` /
+``with_columns`` / ``concatenate`` carry it along, so writing a filtered batch re-encodes only the metadata.
+Structures in a batch are values: build a new batch rather than changing one in place (a changed
+lattice or coordinates is detected and re-encoded; changed species are not).
 """
 
 from __future__ import annotations
 
+import functools
 import gzip
 import io
 import json
@@ -24,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pymatgen.core import Lattice, Structure
+from pymatgen.core import Composition, Lattice, Structure
 
 BATCH_FORMAT = "battgen.structure_batch"
 BATCH_FORMAT_VERSION = 1
@@ -56,8 +62,45 @@ def structure_to_row(structure: Structure) -> dict[str, Any]:
         raise BatchFormatError(f"disordered structure {structure.composition.reduced_formula} cannot be stored")
     lattice = np.round(structure.lattice.matrix, _LATTICE_DECIMALS).tolist()
     frac = np.round(structure.frac_coords, _FRAC_DECIMALS).tolist()
-    species = [site.specie.symbol if hasattr(site.specie, "symbol") else str(site.specie) for site in structure]
+    species = [getattr(specie, "symbol", str(specie)) for specie in structure.species]
     return {"lattice": lattice, "species": species, "frac_coords": frac}
+
+
+@functools.lru_cache(maxsize=65536)
+def _formula_elements(formula: str) -> tuple[str, ...]:
+    return tuple(el.symbol for el in Composition(formula).elements)
+
+
+def _meta_json(head: dict[str, Any]) -> str:
+    """Compact JSON of a row head; cleans numpy scalars / NaN only when plain encoding refuses them."""
+    try:
+        return json.dumps(head, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError):
+        return json.dumps(_clean_meta_value(head), separators=(",", ":"))
+
+
+_STRUCTURE_KEY = ',"structure":'
+
+
+@dataclass(frozen=True)
+class _Fragment:
+    """The JSON text of one structure, with a fingerprint of the geometry it was made from."""
+
+    text: str
+    fingerprint: tuple[int, float, float]
+    reduced_formula: str | None = None  # filled on first use by StructureBatch.summary
+
+    @staticmethod
+    def fingerprint_of(structure: Structure) -> tuple[int, float, float]:
+        # Cheap on purpose (Structure.frac_coords rebuilds an array from every site): the cell plus the
+        # first and last sites catch strain, rattling, scaling and added/removed sites.
+        if not len(structure):
+            return 0, float(structure.lattice.matrix.sum()), 0.0
+        ends = float(structure[0].frac_coords.sum()) + 1e3 * float(structure[-1].frac_coords.sum())
+        return len(structure), float(structure.lattice.matrix.sum()), ends
+
+    def matches(self, structure: Structure) -> bool:
+        return self.fingerprint == self.fingerprint_of(structure)
 
 
 def row_to_structure(row: dict[str, Any]) -> Structure:
@@ -81,8 +124,12 @@ class StructureBatch:
 
     structures: list[Structure] = field(default_factory=list)
     meta: list[dict[str, Any]] = field(default_factory=list)
+    # Encoded structures (see module docstring); None where not known yet.
+    _fragments: list[_Fragment | None] | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        if self._fragments is None or len(self._fragments) != len(self.structures):
+            self._fragments = [None] * len(self.structures)
         if len(self.structures) != len(self.meta):
             raise BatchFormatError(f"{len(self.structures)} structures but {len(self.meta)} metadata rows")
         ids = [m.get("row_id") for m in self.meta]
@@ -111,6 +158,7 @@ class StructureBatch:
             raise BatchFormatError(f"duplicate row_id {meta['row_id']!r}")
         self.structures.append(structure)
         self.meta.append(meta)
+        self._fragments.append(None)
 
     # --- access -------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -145,8 +193,14 @@ class StructureBatch:
             if len(mask) != len(self):
                 raise BatchFormatError(f"mask has {len(mask)} entries for {len(self)} rows")
         return StructureBatch(
-            [s for s, k in zip(self.structures, mask) if k], [dict(m) for m, k in zip(self.meta, mask) if k]
+            [s for s, k in zip(self.structures, mask) if k],
+            [dict(m) for m, k in zip(self.meta, mask) if k],
+            [f for f, k in zip(self._fragments, mask) if k],
         )
+
+    def copy(self) -> StructureBatch:
+        """A new batch sharing the (immutable) structures, with its own metadata dicts."""
+        return StructureBatch(list(self.structures), [dict(m) for m in self.meta], list(self._fragments))
 
     def with_columns(self, **columns: Sequence[Any]) -> StructureBatch:
         """A copy with extra per-row metadata columns (each a sequence as long as the batch)."""
@@ -157,26 +211,47 @@ class StructureBatch:
                 raise BatchFormatError(f"column {key!r} has {len(values)} values for {len(self)} rows")
             for row, value in zip(new_meta, values):
                 row[key] = value
-        return StructureBatch(list(self.structures), new_meta)
+        return StructureBatch(list(self.structures), new_meta, list(self._fragments))
 
     @staticmethod
     def concatenate(batches: Iterable[StructureBatch]) -> StructureBatch:
         structures: list[Structure] = []
         meta: list[dict[str, Any]] = []
+        fragments: list[_Fragment | None] = []
         for batch in batches:
             structures.extend(batch.structures)
             meta.extend(dict(m) for m in batch.meta)
-        return StructureBatch(structures, meta)
+            fragments.extend(batch._fragments)
+        return StructureBatch(structures, meta, fragments)
+
+    def _structure_text(self, index: int) -> str:
+        """JSON of row ``index``'s structure, reusing the remembered text when the geometry is unchanged."""
+        structure, fragment = self.structures[index], self._fragments[index]
+        if fragment is None or not fragment.matches(structure):
+            text = json.dumps(structure_to_row(structure), separators=(",", ":"))
+            fragment = self._fragments[index] = _Fragment(text, _Fragment.fingerprint_of(structure))
+        return fragment.text
+
+    def _reduced_formula(self, index: int) -> str:
+        """Reduced formula of row ``index``, computed once per remembered structure (it is costly)."""
+        fragment = self._fragments[index]
+        if fragment is not None and fragment.reduced_formula is not None and fragment.matches(self.structures[index]):
+            return fragment.reduced_formula
+        formula = self.structures[index].composition.reduced_formula
+        if fragment is not None:
+            object.__setattr__(fragment, "reduced_formula", formula)
+        return formula
 
     def summary(self) -> dict[str, Any]:
         """Scalars worth storing as queryable attributes: counts, elements, size range."""
-        elements = sorted({el.symbol for s in self.structures for el in s.composition.elements})
+        formulas = {self._reduced_formula(i) for i in range(len(self))}
+        elements = sorted({symbol for formula in formulas for symbol in _formula_elements(formula)})
         nsites = [len(s) for s in self.structures]
         columns = sorted({k for m in self.meta for k in m})
         return {
             "n_rows": len(self),
             "elements": elements,
-            "n_reduced_formulas": len({s.composition.reduced_formula for s in self.structures}),
+            "n_reduced_formulas": len(formulas),
             "nsites_min": min(nsites) if nsites else 0,
             "nsites_max": max(nsites) if nsites else 0,
             "columns": columns,
@@ -198,10 +273,10 @@ class StructureBatch:
             "columns": sorted({k for m in self.meta for k in m}),
         }
         handle.write(json.dumps(header) + "\n")
-        for row_meta, structure in self:
-            row = {"row_id": row_meta["row_id"], **structure_to_row(structure)}
-            row["meta"] = _clean_meta_value({k: v for k, v in row_meta.items() if k != "row_id"})
-            handle.write(json.dumps(row, separators=(",", ":")) + "\n")
+        for index, row_meta in enumerate(self.meta):
+            head = {"row_id": row_meta["row_id"], "meta": {k: v for k, v in row_meta.items() if k != "row_id"}}
+            text = _meta_json(head)
+            handle.write(text[:-1] + _STRUCTURE_KEY + self._structure_text(index) + "}\n")
 
     @classmethod
     def read(cls, path: str | Path) -> StructureBatch:
@@ -228,19 +303,29 @@ class StructureBatch:
             raise BatchFormatError(f"{source}: not a {BATCH_FORMAT} file (format={header.get('format')!r})")
         if header.get("version", 0) > BATCH_FORMAT_VERSION:
             raise BatchFormatError(f"{source}: batch format version {header['version']} is newer than this reader")
-        structures, meta = [], []
+        structures, meta, fragments = [], [], []
         for line_number, line in enumerate(lines, start=2):
+            line = line.rstrip("\n")
             if not line.strip():
                 continue
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise BatchFormatError(f"{source}: line {line_number} is not JSON (truncated file?)") from exc
-            structures.append(row_to_structure(row))
+            if not isinstance(row, dict) or not isinstance(row.get("structure"), dict):
+                raise BatchFormatError(f"{source}: line {line_number} has no 'structure'")
+            structure = row_to_structure({"row_id": row.get("row_id"), **row["structure"]})
+            structures.append(structure)
             meta.append({"row_id": row["row_id"], **row.get("meta", {})})
+            # ``structure`` is the last key, so its text is the tail of the line (rfind: meta may hold the word).
+            start = line.rfind(_STRUCTURE_KEY)
+            trusted = start > 0 and line.endswith("]}}")  # laid out as this module writes it
+            fragments.append(
+                _Fragment(line[start + len(_STRUCTURE_KEY):-1], _Fragment.fingerprint_of(structure)) if trusted else None
+            )
         if len(structures) != header.get("n_rows"):
             raise BatchFormatError(
                 f"{source}: header announces {header.get('n_rows')} rows but {len(structures)} were read "
                 "(truncated file?)"
             )
-        return cls(structures, meta)
+        return cls(structures, meta, fragments)

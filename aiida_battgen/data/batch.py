@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+from collections import OrderedDict
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,6 +18,23 @@ from aiida import orm
 from pymatgen.core import Structure
 
 from battgen.batch import StructureBatch
+
+# Batches parsed or written in this process, by content hash: a chain of calcfunctions hands each step's
+# output straight to the next without re-parsing thousands of structures. Bounded by total rows.
+_PARSED_CACHE: OrderedDict[str, StructureBatch] = OrderedDict()
+_PARSED_CACHE_MAX_ROWS = 200_000
+
+
+def _remember(content_sha256: str, batch: StructureBatch) -> None:
+    _PARSED_CACHE[content_sha256] = batch.copy()
+    _PARSED_CACHE.move_to_end(content_sha256)
+    while sum(len(b) for b in _PARSED_CACHE.values()) > _PARSED_CACHE_MAX_ROWS and len(_PARSED_CACHE) > 1:
+        _PARSED_CACHE.popitem(last=False)
+
+
+def clear_parsed_cache() -> None:
+    """Forget every remembered batch (benchmarks use it to measure cold reads)."""
+    _PARSED_CACHE.clear()
 
 
 class StructureBatchData(orm.Data):
@@ -38,7 +56,9 @@ class StructureBatchData(orm.Data):
         self.base.repository.put_object_from_bytes(payload, self.FILENAME)
         for key, value in batch.summary().items():
             self.base.attributes.set(key, value)
-        self.base.attributes.set("content_sha256", hashlib.sha256(raw).hexdigest())
+        content_sha256 = hashlib.sha256(raw).hexdigest()
+        self.base.attributes.set("content_sha256", content_sha256)
+        _remember(content_sha256, batch)
 
     @property
     def n_rows(self) -> int:
@@ -48,9 +68,17 @@ class StructureBatchData(orm.Data):
         return self.n_rows
 
     def get_batch(self) -> StructureBatch:
+        """The rows as a StructureBatch (a fresh copy: changing it never changes the node)."""
+        content_sha256 = self.base.attributes.get("content_sha256", None)
+        if content_sha256 in _PARSED_CACHE:
+            _PARSED_CACHE.move_to_end(content_sha256)
+            return _PARSED_CACHE[content_sha256].copy()
         with self.base.repository.open(self.FILENAME, mode="rb") as handle:
             with gzip.open(handle, "rt", encoding="utf-8") as text:
-                return StructureBatch.read_stream(text, source=f"StructureBatchData<{self.pk}>")
+                batch = StructureBatch.read_stream(text, source=f"StructureBatchData<{self.pk}>")
+        if content_sha256:
+            _remember(content_sha256, batch)
+        return batch
 
     def iter_structures(self) -> Iterator[tuple[dict[str, Any], Structure]]:
         """Iterate (row metadata, pymatgen Structure)."""

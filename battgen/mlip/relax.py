@@ -197,9 +197,11 @@ def relax_batch(
     structures, meta, records = [], [], []
     rows = tqdm(batch, total=len(batch), desc=f"relax ({mlip})", unit="struct", disable=not progress)
     for row_meta, structure in rows:
+        # Rows flagged fixed_cell (molecules in a vacuum box, e.g. O2 references) relax positions only:
+        # a cell filter would shrink the box the molecule needs.
         relaxed, record = relax_structure(
             structure, calculator, supported_elements=supported, fmax=fmax, max_steps=max_steps,
-            cell_filter=cell_filter, optimizer=optimizer, maxstep=maxstep,
+            cell_filter=None if row_meta.get("fixed_cell") else cell_filter, optimizer=optimizer, maxstep=maxstep,
         )
         structures.append(relaxed)
         row = {**row_meta, **{key: record[key] for key in RELAX_COLUMNS}}

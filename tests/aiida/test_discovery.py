@@ -84,3 +84,28 @@ def test_archive_round_trip_keeps_the_lineage(discovery_run, aiida_profile, tmp_
         lineage = candidate_lineage(orm.load_node(uuid))
         assert lineage.process_labels == labels
         assert lineage.missing_steps(DISCOVERY_STEPS) == []
+
+
+@pytest.mark.slow
+def test_node_count_does_not_grow_with_candidates(aiida_profile):
+    """Runs with 10 and 60 generated candidates add the same number of nodes, up to the shortlist."""
+    from aiida_battgen.tools.profiles import ensure_battgen_code, ensure_localhost
+
+    code = ensure_battgen_code(ensure_localhost())
+    added = {}
+    for n in (10, 60):
+        settings = {
+            "generation": {"n": n, "conditions": {"threshold": 1e-5, "max_per_seed": 1000,
+                                                  "max_substituted_species": 2}},
+            "preselection": {"top_k": 2},
+            "relax": {"fmax": 1.0, "max_steps": 60},
+            "shortlist": {"top_k": 2, "max_values": {"e_above_hull_eV_per_atom": 10.0}},
+        }
+        before = orm.QueryBuilder().append(orm.Node).count()
+        _, node = run_get_node(build_demo_inputs(code, "fast", overrides=settings, host_names=["LiCoO2", "Li2O"]))
+        assert node.is_finished_ok, node.exit_message
+        counts = node.outputs.funnel["counts"]
+        assert counts["generated"] == n
+        # each shortlisted candidate adds extract_structure + StructureData + properties Dict
+        added[n] = orm.QueryBuilder().append(orm.Node).count() - before - 3 * counts["shortlisted"]
+    assert added[10] == added[60], added

@@ -56,3 +56,20 @@ def test_disordered_structure_is_rejected(rocksalt_licl):
     disordered.replace_species({"Li": {"Li": 0.5, "Na": 0.5}})
     with pytest.raises(BatchFormatError, match="disordered"):
         StructureBatch.from_structures([disordered]).write_stream(__import__("io").StringIO())
+
+
+def test_remembered_structure_text_is_reused_and_refreshed(tmp_path, small_batch):
+    path = small_batch.write(tmp_path / "a.jsonl.gz")
+    back = StructureBatch.read(path)
+    subset = back.select([True, False, True, False]).with_columns(score=[1.0, 2.0])
+    # A structure changed in place (strain) must be re-encoded, not written from the remembered text.
+    subset.structures[1].apply_strain(0.05)
+    again = StructureBatch.read(subset.write(tmp_path / "b.jsonl.gz"))
+    assert again.row_ids == ["licl", "licl-strained"] and again.column("score") == [1.0, 2.0]
+    np.testing.assert_allclose(again.structures[1].lattice.matrix, subset.structures[1].lattice.matrix, atol=1e-9)
+    np.testing.assert_allclose(again.structures[0].frac_coords, small_batch.structures[0].frac_coords, atol=1e-9)
+    # a metadata key named like the structure field does not confuse the reader
+    tricky = small_batch.with_columns(note=['{"structure": 1}'] * 4, structure=[{"x": 1}] * 4)
+    read = StructureBatch.read(tricky.write(tmp_path / "c.jsonl.gz"))
+    assert read.column("structure") == [{"x": 1}] * 4
+    assert StructureBatch.read(read.write(tmp_path / "d.jsonl.gz")).structures[3].composition.reduced_formula == "Si"

@@ -136,3 +136,16 @@ def test_truncated_input_is_invalid_input(tmp_path):
     (tmp_path / "structures.jsonl.gz").write_bytes(gzip.compress(text[: len(text) // 2]))
     code, summary = run_command("relax", {"progress": False}, tmp_path)
     assert code == EXIT_INVALID_INPUT and "cannot read the input batch" in summary["error"]
+
+
+def test_fixed_cell_rows_keep_their_box():
+    """A molecule in a vacuum box (fixed_cell, as elemental O2 references are) keeps its cell."""
+    from battgen.mlip.relax import relax_batch
+
+    box = Structure(Lattice.cubic(8.0), ["Cu", "Cu"], [[0, 0, 0], [0.3, 0, 0]])
+    batch = StructureBatch.from_structures([box, box.copy()], [{"row_id": "fixed", "fixed_cell": True},
+                                                                {"row_id": "free"}])
+    relaxed, _ = relax_batch(batch, calculator=EMT(), supported_elements=EMT_ELEMENTS, fmax=0.05,
+                             max_steps=200, progress=False)
+    assert relaxed.structures[0].volume == pytest.approx(512.0, rel=1e-9)
+    assert relaxed.structures[1].volume != pytest.approx(512.0, rel=1e-3)
