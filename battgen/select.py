@@ -52,22 +52,16 @@ def select_rows(batch: StructureBatch, criteria: SelectionCriteria) -> tuple[Str
             if meta.get(column) != expected:
                 reason = f"{column}={meta.get(column)!r}, required {expected!r}"
                 break
-        for column, bound in criteria.max_values.items():
+        bounds = [(c, b, ">") for c, b in criteria.max_values.items()]
+        bounds += [(c, b, "<") for c, b in criteria.min_values.items()]
+        for column, bound, violation in bounds:
             if reason:
                 break
             value = _number(meta.get(column))
             if value is None:
                 reason = f"no value for {column}"
-            elif value > bound:
-                reason = f"{column}={value:.4g} > {bound:.4g}"
-        for column, bound in criteria.min_values.items():
-            if reason:
-                break
-            value = _number(meta.get(column))
-            if value is None:
-                reason = f"no value for {column}"
-            elif value < bound:
-                reason = f"{column}={value:.4g} < {bound:.4g}"
+            elif (value > bound) if violation == ">" else (value < bound):
+                reason = f"{column}={value:.4g} {violation} {bound:.4g}"
         if not reason and criteria.sort_by and _number(meta.get(criteria.sort_by)) is None:
             reason = f"no value for {criteria.sort_by}"
         reasons.append(reason)

@@ -15,8 +15,26 @@ pytest_plugins = ["aiida.tools.pytest_fixtures"]
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
+def service_up(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether something listens on host:port (PostgreSQL 5432, RabbitMQ 5672)."""
+    import socket
+
+    try:
+        with socket.create_connection((host, port), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
 def shared_data_dir() -> Path:
     return Path(os.environ.get("BATTGEN_SHARED_DATA", REPO_ROOT.parent / "shared" / "data")).resolve()
+
+
+@pytest.fixture
+def require_postgres_rabbitmq() -> None:
+    """Skip, with the reason, where PostgreSQL or RabbitMQ is not running on 127.0.0.1."""
+    if not (service_up(5432) and service_up(5672)):
+        pytest.skip("PostgreSQL (5432) or RabbitMQ (5672) is not running on 127.0.0.1")
 
 
 @pytest.fixture(scope="session")

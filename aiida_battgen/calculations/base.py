@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import yaml
-from aiida import engine, orm
+from aiida import engine
 from aiida.common import datastructures
 from aiida.engine.processes.process_spec import CalcJobProcessSpec
 

@@ -5,7 +5,6 @@ Everything runs through the console scripts a user would type, in a temporary AI
 
 import csv
 import os
-import socket
 import subprocess
 import sys
 import uuid
@@ -23,20 +22,12 @@ TINY = {
 }
 
 
-def service_up(port):
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=2):
-            return True
-    except OSError:
-        return False
-
-
 @pytest.mark.daemon
 @pytest.mark.slow
 @pytest.mark.parametrize("postgres", [False, True], ids=["sqlite-zeromq", "postgres-rabbitmq"])
-def test_discovery_through_the_daemon(tmp_path, postgres):
-    if postgres and not (service_up(5432) and service_up(5672)):
-        pytest.skip("PostgreSQL (5432) or RabbitMQ (5672) is not running on 127.0.0.1")
+def test_discovery_through_the_daemon(tmp_path, postgres, request):
+    if postgres:
+        request.getfixturevalue("require_postgres_rabbitmq")
     env = {**os.environ, "AIIDA_PATH": str(tmp_path / "aiida"), "PATH": f"{BIN}:{os.environ['PATH']}"}
     name = f"battgen-daemon-{uuid.uuid4().hex[:8]}"
 

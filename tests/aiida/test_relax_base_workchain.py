@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from aiida import orm
-from aiida.common import AttributeDict, LinkType
+from aiida.common import LinkType
 from aiida.engine import ExitCode, ProcessState, run_get_node
 from aiida.engine.utils import instantiate_process
 from aiida.manage import get_manager

@@ -5,7 +5,6 @@ test session's AiiDA configuration are never touched.
 """
 
 import os
-import socket
 import subprocess
 import sys
 import uuid
@@ -22,14 +21,6 @@ def run_cli(args, aiida_path, check=True):
     if check and result.returncode != 0:
         raise AssertionError(f"aiida-battgen {args} failed:\n{result.stdout}\n{result.stderr}")
     return result
-
-
-def service_up(port):
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=2):
-            return True
-    except OSError:
-        return False
 
 
 def test_embedded_profile_is_created_once(tmp_path):
@@ -60,9 +51,7 @@ def test_unreachable_rabbitmq_gives_clear_message(tmp_path):
 
 
 @pytest.mark.daemon
-def test_postgres_profile(tmp_path):
-    if not (service_up(5432) and service_up(5672)):
-        pytest.skip("PostgreSQL (5432) or RabbitMQ (5672) is not running on 127.0.0.1")
+def test_postgres_profile(tmp_path, require_postgres_rabbitmq):
     name = f"battgen-test-{uuid.uuid4().hex[:8]}"
     try:
         first = run_cli(["setup", "--postgres", "--profile-name", name], tmp_path)
