@@ -82,7 +82,13 @@ class DiscoveryWorkChain(ProtocolMixin, WorkChain):
                    help="Per-filter parameters: validity (distances in Å), charge_neutrality, uniqueness, novelty.")
         spec.input("preselection", valid_type=orm.Dict,
                    help="Cut before relaxation: sort_by, ascending, top_k (number of structures).")
-        spec.input("hull", valid_type=orm.Dict, help="Reference hull settings: compatibility (null or MP2020).")
+        spec.input("hull", valid_type=orm.Dict,
+                   help="Reference hull settings: compatibility (auto, null or MP2020; auto = MP2020 for reference "
+                        "entries, none for an MLIP hull), label.")
+        spec.input("hull_reference_entries", valid_type=orm.SinglefileData, required=False,
+                   help="Reference entries for the hull (an MP snapshot or entries JSON, MP2020-corrected by "
+                        "default). Without it the hull is built from the same MLIP's energies of elemental "
+                        "references and the seed structures.")
         spec.input("shortlist", valid_type=orm.Dict,
                    help="Final ranking: sort_by, top_k, max_values (e.g. e_above_hull_eV_per_atom in eV/atom).")
         spec.input("shortlist_group_label", valid_type=orm.Str, required=False,
@@ -214,12 +220,20 @@ class DiscoveryWorkChain(ProtocolMixin, WorkChain):
 
     def run_relaxations(self):
         """Relax the candidates and, for an MLIP-referenced hull, the references (elements + seeds)."""
-        elementals, _ = self._run_calcfunction(elemental_references, "elemental_references",
-                                               candidates=self.ctx.current, seeds=self.ctx.seeds)
-        references, _ = self._run_calcfunction(merge_batches, "merge_references",
-                                               elements=elementals["structures"], seeds=self.ctx.seeds)
+        references = None
+        if "hull_reference_entries" not in self.inputs:
+            elementals, node = self._run_calcfunction(elemental_references, "elemental_references",
+                                                      candidates=self.ctx.current, seeds=self.ctx.seeds)
+            if not node.is_finished_ok:
+                self.report(f"elemental_references<{node.pk}> failed: {node.exit_message}")
+                return self.exit_codes.ERROR_STABILITY_FAILED
+            references, _ = self._run_calcfunction(merge_batches, "merge_references",
+                                                   elements=elementals["structures"], seeds=self.ctx.seeds)
         futures = {}
-        for key, batch in (("candidates", self.ctx.current), ("references", references["structures"])):
+        to_relax = [("candidates", self.ctx.current)]
+        if "hull_reference_entries" not in self.inputs:
+            to_relax.append(("references", references["structures"]))
+        for key, batch in to_relax:
             inputs = AttributeDict(self.exposed_inputs(MlipRelaxBaseWorkChain, namespace="relax"))
             inputs.relax = AttributeDict(inputs.relax)
             inputs.relax.structures = batch
@@ -230,6 +244,8 @@ class DiscoveryWorkChain(ProtocolMixin, WorkChain):
 
     def inspect_relaxations(self):
         for key in ("candidates", "references"):
+            if f"relax_{key}" not in self.ctx:
+                continue
             node = self.ctx[f"relax_{key}"]
             if "relaxed_structures" not in node.outputs:
                 self.report(f"relaxation of {key} <{node.pk}> produced no structures: {node.exit_message}")
@@ -240,10 +256,12 @@ class DiscoveryWorkChain(ProtocolMixin, WorkChain):
         self.ctx.funnel["relaxed"] = self.ctx.relaxed
 
     def compute_stability(self):
-        outputs, node = self._run_calcfunction(
-            energy_above_hull, "energy_above_hull", structures=self.ctx.relaxed,
-            reference=self.ctx.relax_references.outputs.relaxed_structures, parameters=self._hull_parameters(),
-        )
+        if "hull_reference_entries" in self.inputs:
+            reference = {"reference_entries": self.inputs.hull_reference_entries}
+        else:
+            reference = {"reference": self.ctx.relax_references.outputs.relaxed_structures}
+        outputs, node = self._run_calcfunction(energy_above_hull, "energy_above_hull", structures=self.ctx.relaxed,
+                                               parameters=self._hull_parameters(), **reference)
         if not node.is_finished_ok:
             self.report(f"energy_above_hull<{node.pk}> failed: {node.exit_message}")
             return self.exit_codes.ERROR_STABILITY_FAILED
@@ -254,7 +272,12 @@ class DiscoveryWorkChain(ProtocolMixin, WorkChain):
     def _hull_parameters(self) -> orm.Dict:
         """The hull settings plus a label naming the model that produced every energy on it."""
         settings = self.inputs.hull.get_dict()
-        if not settings.get("label"):
+        entries_route = "hull_reference_entries" in self.inputs
+        if settings.get("compatibility", "auto") == "auto":  # MP entries need MP2020; MLIP energies none
+            settings["compatibility"] = "MP2020" if entries_route else None
+        if entries_route:
+            settings.setdefault("label", f"entries SinglefileData<{self.inputs.hull_reference_entries.pk}>")
+        elif not settings.get("label"):
             model = self.ctx.relax_references.outputs.output_parameters.get_dict()
             name = model.get("mlip") or model.get("model_name") or "mlip"
             version = model.get("package_version") or model.get("version") or ""

@@ -109,3 +109,50 @@ def test_node_count_does_not_grow_with_candidates(aiida_profile):
         # each shortlisted candidate adds extract_structure + StructureData + properties Dict
         added[n] = orm.QueryBuilder().append(orm.Node).count() - before - 3 * counts["shortlisted"]
     assert added[10] == added[60], added
+
+
+@pytest.mark.slow
+def test_file_snapshot_source_and_entries_hull(aiida_profile, tmp_path):
+    """Seeds from a CSV snapshot (batch_from_snapshot) and E_hull against given reference entries: no
+    reference relaxation is launched and the hull Dict names the entries."""
+    import json
+
+    from pymatgen.entries.computed_entries import ComputedEntry
+    from pymatgen.io.cif import CifWriter
+
+    from aiida_battgen.data.snapshot import SourceSnapshotData
+    from aiida_battgen.tools.demo import primitive_builtin_hosts
+    from aiida_battgen.tools.profiles import ensure_battgen_code, ensure_localhost
+    from aiida_battgen.workchains.discovery import DiscoveryWorkChain
+
+    hosts = primitive_builtin_hosts(["LiCoO2", "Li2O"])
+    lines = ["material_id,cif,formation_energy_per_atom,band_gap,e_above_hull"]
+    for meta, structure in hosts:
+        lines.append(f'{meta["row_id"]},"{CifWriter(structure)}",-1.0,1.0,0.0')
+    csv_path = tmp_path / "seeds.csv"
+    csv_path.write_text("\n".join(lines) + "\n")
+    # Illustrative energies (eV per formula unit) spanning Li-Na-Co-O, so Li->Na substitutions are on the hull.
+    energies = {"Li": -1.91, "Na": -1.31, "Co": -7.11, "O2": -9.90, "Li2O": -14.98, "Na2O": -11.8,
+                "CoO": -14.45, "LiCoO2": -26.11, "NaCoO2": -24.5}
+    entries_path = tmp_path / "entries.json"
+    entries_path.write_text(json.dumps([ComputedEntry(f, e, entry_id=f"ref-{f}").as_dict() for f, e in energies.items()]))
+
+    code = ensure_battgen_code(ensure_localhost())
+    builder = DiscoveryWorkChain.get_builder_from_protocol(
+        code, snapshot=SourceSnapshotData.from_file(csv_path), protocol="fast",
+        overrides={"generation": {"n": 10, "conditions": {"allowed_elements": ["Li", "Na", "Co", "O"]}},
+                   "preselection": {"top_k": 2}, "relax": {"fmax": 0.5, "max_steps": 40},
+                   "hull": {"compatibility": None},
+                   "shortlist": {"top_k": 2, "max_values": {"e_above_hull_eV_per_atom": 100.0}}},
+    )
+    builder.hull_reference_entries = orm.SinglefileData(entries_path)
+    _, node = run_get_node(builder)
+    assert node.is_finished_ok, node.exit_message
+    called = {link.link_label for link in node.base.links.get_outgoing().all()}
+    assert "batch_from_snapshot" in called and "relax_references" not in called
+    hull = node.outputs.hull.get_dict()
+    assert hull["n_entries"] == len(energies) and hull["label"].startswith("entries SinglefileData")
+    e_hull = node.outputs.relaxed_structures.get_batch().column("e_above_hull_eV_per_atom")
+    assert e_hull and all(value is not None for value in e_hull)
+    formulas = {s.get_formula() for s in node.outputs.candidates.values()}
+    assert formulas and all("Na" in f for f in formulas)
