@@ -312,14 +312,18 @@ class StructureBatch:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise BatchFormatError(f"{source}: line {line_number} is not JSON (truncated file?)") from exc
-            if not isinstance(row, dict) or not isinstance(row.get("structure"), dict):
+            if not isinstance(row, dict):
+                raise BatchFormatError(f"{source}: line {line_number} is not a row object")
+            # Early files of format version 1 kept the structure keys at the top level of the row.
+            fields = row.get("structure", row)
+            if not isinstance(fields, dict) or "lattice" not in fields:
                 raise BatchFormatError(f"{source}: line {line_number} has no 'structure'")
-            structure = row_to_structure({"row_id": row.get("row_id"), **row["structure"]})
+            structure = row_to_structure({"row_id": row.get("row_id"), **fields})
             structures.append(structure)
             meta.append({"row_id": row["row_id"], **row.get("meta", {})})
             # ``structure`` is the last key, so its text is the tail of the line (rfind: meta may hold the word).
             start = line.rfind(_STRUCTURE_KEY)
-            trusted = start > 0 and line.endswith("]}}")  # laid out as this module writes it
+            trusted = "structure" in row and start > 0 and line.endswith("]}}")  # laid out as written here
             fragments.append(
                 _Fragment(line[start + len(_STRUCTURE_KEY):-1], _Fragment.fingerprint_of(structure)) if trusted else None
             )

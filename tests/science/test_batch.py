@@ -73,3 +73,15 @@ def test_remembered_structure_text_is_reused_and_refreshed(tmp_path, small_batch
     read = StructureBatch.read(tricky.write(tmp_path / "c.jsonl.gz"))
     assert read.column("structure") == [{"x": 1}] * 4
     assert StructureBatch.read(read.write(tmp_path / "d.jsonl.gz")).structures[3].composition.reduced_formula == "Si"
+
+
+def test_early_version_1_layout_is_still_read(tmp_path):
+    """Rows written with the structure keys at the top level (early v1 files) remain readable."""
+    text = ('{"format": "battgen.structure_batch", "version": 1, "n_rows": 1, "columns": ["row_id"]}\n'
+            '{"row_id":"si","lattice":[[5.43,0,0],[0,5.43,0],[0,0,5.43]],"species":["Si","Si"],'
+            '"frac_coords":[[0,0,0],[0.25,0.25,0.25]],"meta":{"x":1}}\n')
+    path = tmp_path / "old.jsonl.gz"
+    path.write_bytes(gzip.compress(text.encode()))
+    batch = StructureBatch.read(path)
+    assert batch.row_ids == ["si"] and batch.column("x") == [1]
+    assert StructureBatch.read(batch.write(tmp_path / "new.jsonl.gz")).structures[0].composition.reduced_formula == "Si"
