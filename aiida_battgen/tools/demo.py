@@ -61,6 +61,14 @@ def report_workchain(workchain: orm.WorkChainNode, output_dir: Path) -> dict[str
     rows = shortlist_rows(workchain)
     print(f"\nShortlist ({len(rows)} candidates, E_hull in eV/atom):")
     print(format_table(rows, SHORTLIST_COLUMNS) if rows else "(empty)")
+    if "hull" in workchain.outputs:
+        hull = workchain.outputs.hull.get_dict()
+        print(f"\nE_hull reference: {hull.get('label')} ({hull.get('n_entries')} entries, "
+              f"{len(hull.get('stable_phases', []))} stable phases, compatibility {hull.get('compatibility')}).")
+        if hull.get("source") != "entries":
+            print("Negative E_hull = below this hull: no competing compound of that chemistry is among the "
+                  "references.\nFor E_hull against Materials Project, pass an MP snapshot as "
+                  "`hull_reference_entries` (`battgen query-mp`).")
     table = write_csv(rows, SHORTLIST_COLUMNS, output_dir / "shortlist.csv")
 
     e_hull = []

@@ -52,5 +52,5 @@ def test_merge_and_funnel(annotated, small_batch):
     merged = merge_batches(a=annotated, b=other)["structures"]
     assert merged.n_rows == 5 and merged.get_batch().row_ids[-1] == "extra"
     funnel = funnel_summary(generated=merged, relaxed=annotated, shortlisted=other).get_dict()
-    assert funnel["stages"] == ["generated", "relaxed", "shortlisted", "relaxed_converged"]
+    assert funnel["stages"] == ["generated", "relaxed", "relaxed_converged", "shortlisted"]
     assert funnel["counts"] == {"generated": 5, "relaxed": 4, "shortlisted": 1, "relaxed_converged": 3}

@@ -18,9 +18,11 @@ def funnel_summary(**stages: StructureBatchData):
     unknown = set(stages) - set(FUNNEL_STAGES)
     if unknown:
         raise ValueError(f"unknown funnel stage(s) {sorted(unknown)}; known: {FUNNEL_STAGES}")
-    counts = {stage: stages[stage].n_rows for stage in FUNNEL_STAGES if stage in stages}
-    if "relaxed" in stages:
-        counts["relaxed_converged"] = sum(
-            1 for meta in stages["relaxed"].get_batch().meta if meta.get("relax_status") == "converged"
-        )
+    counts = {}
+    for stage in (s for s in FUNNEL_STAGES if s in stages):
+        counts[stage] = stages[stage].n_rows
+        if stage == "relaxed":
+            counts["relaxed_converged"] = sum(
+                1 for meta in stages["relaxed"].get_batch().meta if meta.get("relax_status") == "converged"
+            )
     return orm.Dict({"stages": list(counts), "counts": counts})
