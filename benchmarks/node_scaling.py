@@ -14,25 +14,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 import time
 from pathlib import Path
-
-
-def throwaway_profile_code():
-    """A temporary SQLite profile with localhost and the battgen CLI as a code."""
-    import aiida
-    from aiida import orm
-    from aiida.storage.sqlite_temp import SqliteTempBackend
-
-    profile = SqliteTempBackend.create_profile("battgen-node-scaling", options={"runner.poll.interval": 0})
-    aiida.load_profile(profile, allow_switch=True)
-    computer = orm.Computer(label="localhost", hostname="localhost", transport_type="core.local",
-                            scheduler_type="core.direct", workdir=tempfile.mkdtemp(prefix="battgen-nodes-")).store()
-    computer.configure()
-    computer.set_minimum_job_poll_interval(0.0)
-    return orm.InstalledCode(computer=computer, label="battgen",
-                             filepath_executable=str(Path(sys.executable).parent / "battgen")).store()
 
 
 def overrides(n: int) -> dict:
@@ -72,7 +55,10 @@ def main() -> None:
     parser.add_argument("--small", type=int, default=1000)
     parser.add_argument("--large", type=int, default=5000)
     args = parser.parse_args()
-    code = throwaway_profile_code()
+    sys.path.insert(0, str(Path(__file__).parent))
+    from _throwaway_profile import throwaway_battgen_code
+
+    code = throwaway_battgen_code("battgen-node-scaling")
     small, large = run(code, args.small), run(code, args.large)
     # Each shortlisted candidate adds 3 nodes (extract_structure, structure, properties).
     constant = abs((large["nodes"] - 3 * large["shortlisted"]) - (small["nodes"] - 3 * small["shortlisted"])) == 0

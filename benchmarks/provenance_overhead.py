@@ -93,27 +93,11 @@ def _localhost_code():
     """A throwaway AiiDA profile (temporary SQLite storage) with the battgen CLI on localhost (once)."""
     global _CODE
     if _CODE is None:
-        _CODE = _make_localhost_code()
+        sys.path.insert(0, str(Path(__file__).parent))
+        from _throwaway_profile import throwaway_battgen_code
+
+        _CODE = throwaway_battgen_code()
     return _CODE
-
-
-def _make_localhost_code():
-    import aiida
-    from aiida import orm
-    from aiida.storage.sqlite_temp import SqliteTempBackend
-
-    workdir = tempfile.mkdtemp(prefix="battgen-bench-")
-    profile = SqliteTempBackend.create_profile("battgen-benchmark", options={"runner.poll.interval": 0})
-    aiida.load_profile(profile, allow_switch=True)
-    computer = orm.Computer(
-        label="localhost-bench", hostname="localhost", transport_type="core.local", scheduler_type="core.direct",
-        workdir=workdir,
-    ).store()
-    computer.configure()
-    computer.set_minimum_job_poll_interval(0.0)
-    code = orm.InstalledCode(computer=computer, filepath_executable=str(Path(sys.executable).parent / "battgen"),
-                             label="battgen").store()
-    return code
 
 
 def _calcjob_seconds(batch, code) -> tuple[float, int]:
