@@ -19,7 +19,8 @@ from pymatgen.core import Lattice, Structure
 from aiida_battgen.calculations.relax import MlipRelaxCalculation
 from aiida_battgen.data.batch import StructureBatchData
 from aiida_battgen.parsers.relax import relax_arrays, relax_parameters
-from aiida_battgen.workchains.relax_base import MlipRelaxBaseWorkChain, merge_relax_results
+from aiida_battgen.calculations.functions.merge_relax_results import merge_relax_results
+from aiida_battgen.workchains.relax_base import MlipRelaxBaseWorkChain
 from battgen.batch import StructureBatch
 
 FIXTURES = Path(__file__).parent / "fixtures" / "relax"
