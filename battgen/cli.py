@@ -38,12 +38,15 @@ COMMANDS: dict[str, str] = {
     "relax": "battgen.mlip.relax:run_relax_command",
     "screen": "battgen.screen.pipeline:run_screen_command",
     "generate": "battgen.generate.base:run_generate_command",
+    "train-generator": "battgen.generate.training:run_train_generator_command",
+    "evaluate": "battgen.evaluate.metrics:run_evaluate_command",
     "query-mp": "battgen.sources.materials_project:run_query_command",
     "hull": "battgen.stability.hull:run_hull_command",
 }
 
 # Packages whose versions go into every summary (those not installed are skipped).
-_VERSIONED_PACKAGES = ("pymatgen", "ase", "numpy", "smact", "torch", "chgnet", "sevenn", "matgl", "mp-api")
+_VERSIONED_PACKAGES = ("pymatgen", "ase", "numpy", "smact", "torch", "chgnet", "sevenn", "matgl", "mp-api",
+                       "transformers", "peft", "torch-geometric")
 
 
 # Config keys whose values never go into a summary file (secrets belong in the environment).

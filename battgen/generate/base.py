@@ -44,6 +44,46 @@ class Generator(ABC):
         return f"{self.name}-{index:06d}"
 
 
+class TrainableGenerator(Generator):
+    """A generator with learned weights (CDVAE, the crystal language model ...).
+
+    Instances are built from a trained model directory (:mod:`battgen.models`):
+    ``load_generator("cdvae", model="path/to/model")``. Training goes through :meth:`train`, called by
+    ``battgen train-generator`` (:mod:`battgen.generate.training`), which prepares the data split and
+    writes the manifest; ``train`` only has to fit and save.
+    """
+
+    architecture: str = ""  # the manifest's ``architecture``
+
+    def __init__(self, model: str | Path, device: str = "cpu", **options: Any) -> None:
+        self.model_dir = Path(model)
+        self.device = device
+        self.options = options
+
+    @classmethod
+    @abstractmethod
+    def default_hyperparameters(cls) -> dict[str, Any]:
+        """Every hyper-parameter with its default (the paper's values where the paper gives one)."""
+
+    @classmethod
+    @abstractmethod
+    def train(
+        cls,
+        splits: Any,  # battgen.generate.dataset.DatasetSplits
+        model_dir: Path,
+        hyperparameters: dict[str, Any],
+        seed: int = 0,
+        resume_from: Path | None = None,
+    ) -> dict[str, Any]:
+        """Fit on ``splits.train`` (validate on ``splits.val``), save everything needed to sample into
+        ``model_dir`` and checkpoints into ``model_dir / "checkpoints"`` as training goes; with
+        ``resume_from`` (an earlier, possibly interrupted, ``model_dir``) continue from its last checkpoint.
+
+        Returns ``{"training": {...}, "metrics": {...}}`` for the manifest (``training`` should hold
+        ``steps``, ``epochs``, ``resumed_from_step``, ``stopped_because``).
+        """
+
+
 def registered_generators() -> dict[str, Any]:
     """Entry-point name -> entry point, for the group ``battgen.generators``."""
     return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
@@ -66,14 +106,15 @@ _CONFIG_KEYS = {"generator", "input", "n", "conditions", "seed", "options", "out
 
 
 def run_generate_command(config: dict[str, Any], workdir: Path) -> dict[str, Any]:
-    """``battgen generate``: config ``generator`` (name), ``input`` (seed batch file), ``n``, ``conditions``,
-    ``seed``, optional ``options`` (generator constructor kwargs). Writes ``generated.jsonl.gz``."""
+    """``battgen generate``: config ``generator`` (name), ``input`` (seed batch file; optional for trained
+    generators), ``n``, ``conditions``, ``seed``, optional ``options`` (generator constructor kwargs; ``model``
+    is a trained model directory relative to the working directory). Writes ``generated.jsonl.gz``."""
     from battgen.cli import InvalidInputError  # the CLI imports this module lazily; avoid a cycle at import
 
     unknown = sorted(set(config) - _CONFIG_KEYS)
     if unknown:
         raise InvalidInputError(f"unknown config key(s) {unknown}; allowed: {sorted(_CONFIG_KEYS)}")
-    for key in ("generator", "input", "n"):
+    for key in ("generator", "n"):
         if key not in config:
             raise InvalidInputError(f"config needs {key!r}")
     n, seed = config["n"], config.get("seed", 0)
@@ -83,10 +124,14 @@ def run_generate_command(config: dict[str, Any], workdir: Path) -> dict[str, Any
         raise InvalidInputError(f"'seed' must be an integer, got {seed!r}")
     output = config.get("output", "generated.jsonl.gz")
     try:
-        generator = load_generator(str(config["generator"]), **(config.get("options") or {}))
-        seeds = StructureBatch.read(workdir / config["input"])
+        options = dict(config.get("options") or {})
+        if "model" in options:  # a trained model directory, relative to the working directory
+            options["model"] = workdir / str(options["model"])
+        generator = load_generator(str(config["generator"]), **options)
+        # Trained generators sample without seeds; ``input`` then only feeds conditions such as infilling.
+        seeds = StructureBatch.read(workdir / config["input"]) if "input" in config else StructureBatch()
         generated = generator.generate(seeds, n, dict(config.get("conditions") or {}), seed)
-    except (UnknownGeneratorError, BatchFormatError, ValueError, TypeError) as exc:
+    except (UnknownGeneratorError, BatchFormatError, ValueError, TypeError, OSError) as exc:
         raise InvalidInputError(str(exc)) from exc
     generated.write(workdir / output)
     return {

@@ -1,0 +1,106 @@
+"""``battgen train-generator``: prepare the training split, train a generator, write the model directory.
+
+Config::
+
+    generator: cdvae | llm                # a registered TrainableGenerator
+    train: structures.jsonl.gz            # a batch (MP snapshot, file source ...)
+    output: model                         # the model directory to write (default "model")
+    filter: {preset: tmo}                 # battgen.generate.dataset.TrainingFilter; {preset: none} keeps all
+    split: {fractions: [0.6, 0.2, 0.2], seed: 0}
+    hyperparameters: {...}                # merged over the generator's defaults; unknown keys are an error
+    seed: 0                               # torch / numpy seed for training
+    resume_from: earlier_model            # optional: continue from that directory's last checkpoint
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from battgen.batch import BatchFormatError, StructureBatch
+from battgen.generate.base import TrainableGenerator, UnknownGeneratorError, registered_generators, ENTRY_POINT_PREFIX
+from battgen.generate.dataset import prepare_training_data
+from battgen.models import ModelFormatError, write_manifest
+
+_CONFIG_KEYS = {"generator", "train", "output", "filter", "split", "hyperparameters", "seed", "resume_from"}
+
+
+def trainable_generator_class(name: str) -> type[TrainableGenerator]:
+    registered = registered_generators()
+    full_name = name if name.startswith(ENTRY_POINT_PREFIX) else ENTRY_POINT_PREFIX + name
+    if full_name not in registered:
+        raise UnknownGeneratorError(f"no generator {name!r}; registered: {', '.join(sorted(registered))}")
+    generator_class = registered[full_name].load()
+    if not (isinstance(generator_class, type) and issubclass(generator_class, TrainableGenerator)):
+        raise UnknownGeneratorError(f"generator {name!r} has no trainable weights")
+    return generator_class
+
+
+def merge_hyperparameters(defaults: dict[str, Any], given: dict[str, Any] | None, where: str = "") -> dict[str, Any]:
+    """``given`` over ``defaults`` (nested mappings merged); a key the defaults lack is an error."""
+    merged = dict(defaults)
+    for key, value in (given or {}).items():
+        if key not in defaults:
+            raise ValueError(f"unknown hyper-parameter {where}{key!r}; known: {sorted(defaults)}")
+        if isinstance(defaults[key], dict) and isinstance(value, dict):
+            merged[key] = merge_hyperparameters(defaults[key], value, f"{where}{key}.")
+        else:
+            merged[key] = value
+    return merged
+
+
+def run_train_generator_command(config: dict[str, Any], workdir: Path) -> dict[str, Any]:
+    from battgen.cli import InvalidInputError  # lazy: the CLI imports this module lazily
+
+    unknown = sorted(set(config) - _CONFIG_KEYS)
+    if unknown:
+        raise InvalidInputError(f"unknown config key(s) {unknown}; allowed: {sorted(_CONFIG_KEYS)}")
+    for key in ("generator", "train"):
+        if key not in config:
+            raise InvalidInputError(f"config needs {key!r}")
+    seed = config.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise InvalidInputError(f"'seed' must be an integer, got {seed!r}")
+    split_config = dict(config.get("split") or {})
+    try:
+        generator_class = trainable_generator_class(str(config["generator"]))
+        hyperparameters = merge_hyperparameters(generator_class.default_hyperparameters(), config.get("hyperparameters"))
+        batch = StructureBatch.read(workdir / config["train"])
+        splits = prepare_training_data(
+            batch, config.get("filter"), tuple(split_config.get("fractions", (0.6, 0.2, 0.2))),
+            int(split_config.get("seed", 0)),
+        )
+    except (UnknownGeneratorError, BatchFormatError, ValueError, TypeError, OSError) as exc:
+        raise InvalidInputError(str(exc)) from exc
+    resume_from = config.get("resume_from")
+    if resume_from is not None:
+        resume_from = workdir / resume_from
+        if not resume_from.is_dir():
+            raise InvalidInputError(f"resume_from: {resume_from} is not a directory")
+    model_dir = workdir / config.get("output", "model")
+    model_dir.mkdir(parents=True, exist_ok=True)
+    splits.write(model_dir)
+    result = generator_class.train(splits, model_dir, hyperparameters, seed=seed, resume_from=resume_from)
+    training = {
+        "source_sha256": splits.source_sha256,
+        "split_seed": splits.seed,
+        "split_fractions": list(splits.fractions),
+        "n_train": len(splits.train),
+        "n_val": len(splits.val),
+        "n_test": len(splits.test),
+        "filter_counts": splits.filter_counts,
+        "seed": seed,
+        **(result.get("training") or {}),
+    }
+    try:
+        manifest = write_manifest(model_dir, "generator", generator_class.architecture, hyperparameters, training,
+                                  result.get("metrics"))
+    except ModelFormatError as exc:  # pragma: no cover - write_manifest only raises on a programming error
+        raise RuntimeError(str(exc)) from exc
+    return {
+        "model": model_dir.relative_to(workdir).as_posix(),
+        "architecture": generator_class.architecture,
+        "content_sha256": manifest["content_sha256"],
+        "training": training,
+        "metrics": manifest["metrics"],
+    }
