@@ -9,7 +9,7 @@ directory, a tokenizer ...) plus ``battgen-model.yaml``::
     hyperparameters: {...}        # everything needed to rebuild the network
     training: {...}               # training batch sha256, split seed, steps, wall time ...
     metrics: {...}                # validation numbers, with units in the key names
-    files: {relative path: sha256} # every file but the manifest itself
+    files: {relative path: sha256} # every file but the manifest and checkpoints/
 
 The AiiDA layer stores such a directory as one ``battgen.model`` node and copies ``architecture``,
 ``kind`` and the content hash into queryable attributes.
@@ -24,6 +24,9 @@ from typing import Any
 import yaml
 
 MANIFEST_FILENAME = "battgen-model.yaml"
+# Training checkpoints (optimiser state, for resuming) live beside the model but are not part of it:
+# they are not hashed, and the AiiDA layer does not store them in the model node.
+CHECKPOINT_DIRNAME = "checkpoints"
 MODEL_FORMAT_VERSION = 1
 MODEL_KINDS = ("generator", "predictor", "potential")
 
@@ -40,14 +43,20 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def model_files(model_dir: Path) -> dict[str, str]:
-    """Relative path -> sha256 of every file in ``model_dir`` except the manifest (sorted)."""
+def model_file_paths(model_dir: Path) -> list[Path]:
+    """The files that make up a model: everything but the manifest and ``checkpoints/`` (sorted)."""
     model_dir = Path(model_dir)
-    return {
-        path.relative_to(model_dir).as_posix(): file_sha256(path)
-        for path in sorted(model_dir.rglob("*"))
-        if path.is_file() and path.name != MANIFEST_FILENAME
-    }
+    return [
+        path for path in sorted(model_dir.rglob("*"))
+        if path.is_file() and path.relative_to(model_dir).as_posix() != MANIFEST_FILENAME
+        and path.relative_to(model_dir).parts[0] != CHECKPOINT_DIRNAME
+    ]
+
+
+def model_files(model_dir: Path) -> dict[str, str]:
+    """Relative path -> sha256 of every model file (see :func:`model_file_paths`)."""
+    model_dir = Path(model_dir)
+    return {path.relative_to(model_dir).as_posix(): file_sha256(path) for path in model_file_paths(model_dir)}
 
 
 def content_sha256(files: dict[str, str]) -> str:
