@@ -20,7 +20,7 @@ from typing import Any
 from battgen.batch import BatchFormatError, StructureBatch
 from battgen.generate.base import TrainableGenerator, UnknownGeneratorError, registered_generators, ENTRY_POINT_PREFIX
 from battgen.generate.dataset import prepare_training_data
-from battgen.models import ModelFormatError, write_manifest
+from battgen.models import CHECKPOINT_DIRNAME, ModelFormatError, write_manifest
 
 _CONFIG_KEYS = {"generator", "train", "output", "filter", "split", "hyperparameters", "seed", "resume_from"}
 
@@ -73,10 +73,15 @@ def run_train_generator_command(config: dict[str, Any], workdir: Path) -> dict[s
     except (UnknownGeneratorError, BatchFormatError, ValueError, TypeError, OSError) as exc:
         raise InvalidInputError(str(exc)) from exc
     resume_from = config.get("resume_from")
+    resume_note = None
     if resume_from is not None:
         resume_from = workdir / resume_from
         if not resume_from.is_dir():
             raise InvalidInputError(f"resume_from: {resume_from} is not a directory")
+        if not any((resume_from / CHECKPOINT_DIRNAME).glob("*")):
+            # A run killed before its first checkpoint: nothing to continue, so start again.
+            resume_note = f"no checkpoint in {config['resume_from']}/{CHECKPOINT_DIRNAME}: trained from scratch"
+            resume_from = None
     model_dir = workdir / config.get("output", "model")
     model_dir.mkdir(parents=True, exist_ok=True)
     splits.write(model_dir)
@@ -90,6 +95,7 @@ def run_train_generator_command(config: dict[str, Any], workdir: Path) -> dict[s
         "n_test": len(splits.test),
         "filter_counts": splits.filter_counts,
         "seed": seed,
+        **({"resume_note": resume_note} if resume_note else {}),
         **(result.get("training") or {}),
     }
     try:
