@@ -1,5 +1,6 @@
 """AiiDA data types of aiida-battgen."""
 
 from .batch import StructureBatchData
+from .model import ModelData
 
-__all__ = ["StructureBatchData"]
+__all__ = ["ModelData", "StructureBatchData"]

@@ -27,6 +27,7 @@ class BattgenParser(Parser):
     """Shared steps; subclasses implement :meth:`parse_outputs` using the helpers below."""
 
     def parse(self, **kwargs: Any) -> ExitCode | None:
+        self.parse_kwargs = kwargs  # e.g. retrieved_temporary_folder
         try:
             summary = self.read_summary()
             return self.parse_outputs(summary)
@@ -58,10 +59,17 @@ class BattgenParser(Parser):
         if summary["exit_code"] == EXIT_INVALID_INPUT:
             raise ParsingError(self.exit_codes.ERROR_CLI_INVALID_INPUT.format(error=summary.get("error")))
         if summary["exit_code"] == EXIT_FAILED or summary["exit_code"] != 0:
+            specific = self.classify_failure(summary)
+            if specific is not None:
+                raise ParsingError(specific)
             if summary.get("traceback"):
                 self.logger.error(f"battgen traceback:\n{summary['traceback']}")
             raise ParsingError(self.exit_codes.ERROR_CLI_FAILED.format(error=summary.get("error")))
         return summary
+
+    def classify_failure(self, summary: dict[str, Any]) -> ExitCode | None:
+        """A more specific exit code than 304 for a failed run (e.g. out of memory); None keeps 304."""
+        return None
 
     def _require(self, filename: str) -> None:
         if filename not in self.retrieved.base.repository.list_object_names():

@@ -18,6 +18,8 @@ from aiida_battgen.workchains.protocols.utils import ProtocolMixin
 
 StructureBatchData = DataFactory("battgen.structure_batch")
 MlipRelaxBaseWorkChain = WorkflowFactory("battgen.mlip.relax_base")
+GenerateBaseWorkChain = WorkflowFactory("battgen.generate_base")
+ModelData = DataFactory("battgen.model")
 
 batch_from_snapshot = CalculationFactory("battgen.batch_from_snapshot")
 screen_validity = CalculationFactory("battgen.screen_validity")
@@ -31,8 +33,10 @@ shortlist = CalculationFactory("battgen.shortlist")
 funnel_summary = CalculationFactory("battgen.funnel_summary")
 extract_structure = CalculationFactory("battgen.extract_structure")
 
-# Generators that run as cheap calcfunctions; trained generators (CDVAE, LLM) run as CalcJobs.
+# Generators that run as cheap calcfunctions; trained generators (CDVAE, LLM) run as CalcJobs
+# (GenerateBaseWorkChain) with a model node from `generator_models.<name>`.
 GENERATOR_CALCFUNCTIONS = {"substitution": "battgen.generate_substitution"}
+TRAINED_GENERATORS = {"cdvae": "cdvae", "llm": "crystal-llm"}  # name -> model architecture
 
 # (call link label, calcfunction, funnel key) of the screening filters, in order.
 SCREENING_STEPS = (
@@ -48,12 +52,41 @@ def _output_label(row_id: str, rank: int) -> str:
     return f"rank_{rank:03d}_" + re.sub(r"[^A-Za-z0-9_]", "_", row_id)
 
 
+def generator_runs(generation: dict) -> list[dict]:
+    """The generators of a run: the main one (``generator``, ``n``, ``conditions``) then
+    ``additional_generators`` (a list of entries of the same form)."""
+    main = {key: generation[key] for key in ("generator", "n", "conditions") if key in generation}
+    return [main, *generation.get("additional_generators", [])]
+
+
+def validate_generation(generation: dict, models: dict) -> str | None:
+    runs = generator_runs(generation)
+    names = [run.get("generator") for run in runs]
+    if len(set(names)) != len(names):
+        return f"each generator may appear once per run, got {names}"
+    known = sorted([*GENERATOR_CALCFUNCTIONS, *TRAINED_GENERATORS])
+    for run in runs:
+        name = run.get("generator")
+        if name not in known:
+            return f"unknown generator {name!r}; available: {known}"
+        n = run.get("n")
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            return f"generator {name!r}: `n` must be a positive integer, got {n!r}"
+        if name in TRAINED_GENERATORS:
+            if name not in models:
+                return f"generator {name!r} needs a trained model as `generator_models.{name}` (a battgen.model node)"
+            if models[name].architecture != TRAINED_GENERATORS[name]:
+                return (f"`generator_models.{name}` is a {models[name].architecture!r} model, "
+                        f"expected {TRAINED_GENERATORS[name]!r}")
+    return None
+
+
 def validate_inputs(inputs, _):
     if "seed_structures" not in inputs and "snapshot" not in inputs:
         return "give either `seed_structures` (a structure batch) or `snapshot` (a source snapshot)"
-    generator = inputs["generation"].get_dict().get("generator")
-    if generator not in GENERATOR_CALCFUNCTIONS:
-        return f"unknown generator {generator!r}; available: {sorted(GENERATOR_CALCFUNCTIONS)}"
+    error = validate_generation(inputs["generation"].get_dict(), inputs.get("generator_models", {}))
+    if error:
+        return error
     for port in ("preselection", "shortlist"):
         top_k = inputs[port].get_dict().get("top_k")
         if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
@@ -77,7 +110,16 @@ class DiscoveryWorkChain(ProtocolMixin, WorkChain):
                    help="Known structures for the novelty filter; default: the seed structures.")
         spec.input("seed", valid_type=orm.Int, help="Random seed of every stochastic step.")
         spec.input("generation", valid_type=orm.Dict,
-                   help="Generator name, number of candidates `n`, generator `conditions`.")
+                   help="Generator name, number of candidates `n`, generator `conditions`; more generators in "
+                        "`additional_generators` (a list of {generator, n, conditions}).")
+        spec.input_namespace("generator_models", valid_type=ModelData, dynamic=True, required=False,
+                             help="Trained models by generator name (cdvae, llm), e.g. from "
+                                  "GeneratorTrainBaseWorkChain.")
+        spec.expose_inputs(GenerateBaseWorkChain, namespace="generate",
+                           exclude=("generate.model", "generate.seed_structures", "generate.parameters"),
+                           namespace_options={"required": False, "populate_defaults": False,
+                                              "help": "Where trained generators sample (code, options); the "
+                                                      "relaxation code when no code is given."})
         spec.input("screening", valid_type=orm.Dict,
                    help="Per-filter parameters: validity (distances in Å), charge_neutrality, uniqueness, novelty.")
         spec.input("preselection", valid_type=orm.Dict,
@@ -100,6 +142,7 @@ class DiscoveryWorkChain(ProtocolMixin, WorkChain):
         spec.outline(
             cls.prepare_seeds,
             cls.generate,
+            cls.collect_generated,
             cls.screen,
             cls.preselect,
             if_(cls.has_candidates)(
@@ -113,7 +156,8 @@ class DiscoveryWorkChain(ProtocolMixin, WorkChain):
         )
 
         spec.output("funnel", valid_type=orm.Dict, help="Row counts after each step (number of structures).")
-        spec.output("generated_structures", valid_type=StructureBatchData, help="Everything the generator made.")
+        spec.output("generated_structures", valid_type=StructureBatchData,
+                    help="Everything the generators made; each row's `generator` says which one.")
         spec.output("screened_structures", valid_type=StructureBatchData, help="Rows that passed every filter.")
         spec.output("relaxed_structures", valid_type=StructureBatchData, required=False,
                     help="Relaxed candidates with energies (eV) and E_hull (eV/atom).")
@@ -172,16 +216,51 @@ class DiscoveryWorkChain(ProtocolMixin, WorkChain):
         self.ctx.funnel["seed_structures"] = self.ctx.seeds
 
     def generate(self):
-        settings = self.inputs.generation.get_dict()
-        function = CalculationFactory(GENERATOR_CALCFUNCTIONS[settings["generator"]])
-        outputs, node = self._run_calcfunction(
-            function, f"generate_{settings['generator']}", seeds=self.ctx.seeds,
-            parameters=self.inputs.generation, seed=self.inputs.seed,
-        )
-        if not node.is_finished_ok:
-            self.report(f"generator {settings['generator']} <{node.pk}> failed: {node.exit_message}")
-            return self.exit_codes.ERROR_GENERATION_FAILED
-        self.ctx.current = outputs["structures"]
+        """Cheap generators run here as calcfunctions; trained ones are submitted as GenerateBaseWorkChains."""
+        self.ctx.generated_pieces = {}
+        futures = {}
+        for index, run in enumerate(generator_runs(self.inputs.generation.get_dict())):
+            name = run["generator"]
+            label = f"generate_{name}"
+            parameters = orm.Dict({"generator": name, "n": run["n"], "conditions": run.get("conditions", {}),
+                                   **({"seed": self.inputs.seed.value} if name in TRAINED_GENERATORS else {})})
+            if name in GENERATOR_CALCFUNCTIONS:
+                outputs, node = self._run_calcfunction(CalculationFactory(GENERATOR_CALCFUNCTIONS[name]), label,
+                                                       seeds=self.ctx.seeds, parameters=parameters,
+                                                       seed=self.inputs.seed)
+                if not node.is_finished_ok:
+                    self.report(f"generator {name} <{node.pk}> failed: {node.exit_message}")
+                    return self.exit_codes.ERROR_GENERATION_FAILED
+                self.ctx.generated_pieces[f"g{index:02d}_{name}"] = outputs["structures"]
+                continue
+            inputs = AttributeDict(self.exposed_inputs(GenerateBaseWorkChain, namespace="generate"))
+            inputs.generate = AttributeDict(inputs.get("generate", {}))
+            inputs.generate.setdefault("code", self.inputs.relax.relax.code)
+            inputs.generate.model = self.inputs.generator_models[name]
+            inputs.generate.parameters = parameters
+            inputs.metadata = {"call_link_label": label}
+            futures[f"g{index:02d}_{name}"] = self.submit(GenerateBaseWorkChain, **inputs)
+            self.report(f"launched GenerateBaseWorkChain<{futures[f'g{index:02d}_{name}'].pk}> for {run['n']} {name} samples")
+        self.ctx.submitted_generators = sorted(futures)
+        return ToContext(**futures)
+
+    def collect_generated(self):
+        """One batch of everything generated (merged in generator order when there are several)."""
+        for key in self.ctx.submitted_generators:
+            node = self.ctx[key]
+            if not node.is_finished_ok:
+                self.report(f"generator {key[4:]} <{node.pk}> failed: {node.exit_message}")
+                return self.exit_codes.ERROR_GENERATION_FAILED
+            self.ctx.generated_pieces[key] = node.outputs.generated_structures
+        pieces = self.ctx.generated_pieces
+        if len(pieces) == 1:
+            self.ctx.current = next(iter(pieces.values()))
+        else:
+            outputs, node = self._run_calcfunction(merge_batches, "merge_generated", **pieces)
+            if not node.is_finished_ok:
+                self.report(f"merge_generated<{node.pk}> failed: {node.exit_message}")
+                return self.exit_codes.ERROR_GENERATION_FAILED
+            self.ctx.current = outputs["structures"]
         self.out("generated_structures", self.ctx.current)
         self.ctx.funnel["generated"] = self.ctx.current
 

@@ -1,5 +1,7 @@
 """``battgen.funnel_summary``: the discovery funnel (rows left after each step), computed from the batches."""
 
+from collections import Counter
+
 from aiida import orm
 from aiida.engine import calcfunction
 
@@ -25,4 +27,8 @@ def funnel_summary(**stages: StructureBatchData):
             counts["relaxed_converged"] = sum(
                 1 for meta in stages["relaxed"].get_batch().meta if meta.get("relax_status") == "converged"
             )
-    return orm.Dict({"stages": list(counts), "counts": counts})
+    # Which generator each surviving row came from, per stage (rows without a `generator` count as "none").
+    by_generator = {}
+    for stage in (s for s in FUNNEL_STAGES if s in stages and s != "seed_structures"):
+        by_generator[stage] = dict(Counter(m.get("generator") or "none" for m in stages[stage].get_batch().meta))
+    return orm.Dict({"stages": list(counts), "counts": counts, "by_generator": by_generator})
