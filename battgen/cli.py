@@ -40,6 +40,8 @@ COMMANDS: dict[str, str] = {
     "generate": "battgen.generate.base:run_generate_command",
     "train-generator": "battgen.generate.training:run_train_generator_command",
     "evaluate": "battgen.evaluate.metrics:run_evaluate_command",
+    "train-predictor": "battgen.predictors.training:run_train_predictor_command",
+    "predict": "battgen.predictors.training:run_predict_command",
     "query-mp": "battgen.sources.materials_project:run_query_command",
     "hull": "battgen.stability.hull:run_hull_command",
 }

@@ -1,0 +1,1 @@
+"""battgen.predictors: trainable property predictors (formation energy, band gap, voltage ...)."""
