@@ -16,7 +16,8 @@ from aiida.engine.utils import instantiate_process
 from aiida.manage import get_manager
 from aiida.plugins import CalculationFactory, WorkflowFactory
 
-from aiida_battgen.calculations.generator import GenerateCalculation, GeneratorTrainCalculation
+from aiida_battgen.calculations.generator import GenerateCalculation
+from aiida_battgen.calculations.training import GeneratorTrainCalculation
 from aiida_battgen.data.batch import StructureBatchData
 from aiida_battgen.data.model import ModelData
 from aiida_battgen.workchains.generator import GenerateBaseWorkChain

@@ -1,0 +1,128 @@
+"""CalcJobs that train a model and store it as a ``battgen.model`` node:
+
+* ``battgen.generator.train`` runs ``battgen train-generator`` (CDVAE, the crystal language model);
+* ``battgen.predictor.train`` runs ``battgen train-predictor`` (ALIGNN, matgl, descriptor CNNs, voltage CGCNN).
+
+The training batch, split seed and hyper-parameters are inputs; the model directory comes back through a
+temporary retrieval (weights can be large; checkpoints are not stored). Resuming after a kill takes the
+killed run's ``remote_folder`` as ``parent_folder``: its checkpoints are copied on the remote computer into
+the new working directory.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from aiida import orm
+
+from aiida_battgen.calculations.base import BattgenCalcJob, validate_parameters_dict
+from aiida_battgen.data.batch import StructureBatchData
+from aiida_battgen.data.model import ModelData
+
+# Mirrors battgen.generate.training / battgen.predictors.training (not imported: no torch in this layer).
+TRAINING_FILENAME = "training.jsonl.gz"
+MODEL_DIRNAME = "model"
+RESUME_DIRNAME = "resume"
+CHECKPOINT_DIRNAME = "checkpoints"
+# How a training run reports that it stopped early but checkpointed (SIGTERM from the scheduler ...).
+INTERRUPTED_REASONS = ("sigterm", "interrupted")
+
+_COMMON_SCHEMA: dict[str, tuple[type | tuple[type, ...], str]] = {
+    "filter": (dict, "training filter: {preset: tmo|none, max_atoms, min_elements, max_elements, ...}"),
+    "split": (dict, "{fractions: [train, val, test], seed: int}"),
+    "hyperparameters": (dict, "merged over the model's defaults; unknown keys are rejected"),
+    "seed": (int, "random seed of the training run"),
+}
+
+
+def validate_training_structures(structures: StructureBatchData, _=None) -> str | None:
+    if structures.n_rows == 0:
+        return "the training batch is empty"
+    return None
+
+
+class ModelTrainCalculation(BattgenCalcJob):
+    """Shared ports, files and exit codes of the training CalcJobs; subclasses set COMMAND and the schema."""
+
+    PARAMETERS_SCHEMA: ClassVar[dict[str, tuple[type | tuple[type, ...], str]]] = {}
+    REQUIRED_PARAMETERS: ClassVar[tuple[str, ...]] = ()
+    PARSER_NAME: ClassVar[str] = ""
+
+    @classmethod
+    def validate_parameters(cls, parameters: orm.Dict, _=None) -> str | None:
+        values = parameters.get_dict()
+        error = validate_parameters_dict(values, cls.PARAMETERS_SCHEMA)
+        if error:
+            return error
+        missing = [key for key in cls.REQUIRED_PARAMETERS if key not in values]
+        if missing:
+            return f"parameters need {missing}"
+        return None
+
+    @classmethod
+    def define(cls, spec) -> None:
+        super().define(spec)
+        spec.inputs["metadata"]["options"]["parser_name"].default = cls.PARSER_NAME
+        spec.input("training_structures", valid_type=StructureBatchData, validator=validate_training_structures,
+                   help="The structures to train on (filtered and split by the run; the split is saved in the model).")
+        spec.input("parameters", valid_type=orm.Dict, validator=cls.validate_parameters,
+                   help="; ".join(f"{k}: {d}" for k, (_, d) in cls.PARAMETERS_SCHEMA.items()))
+        spec.input("parent_folder", valid_type=orm.RemoteData, required=False,
+                   help="Working directory of an interrupted training run: continue from its last checkpoint.")
+        spec.output("model", valid_type=ModelData, help="The trained model (weights, manifest, split.json).")
+        spec.output("output_parameters", valid_type=orm.Dict,
+                    help="Training record (steps, epochs, stop reason, split sizes, data sha256) and held-out "
+                         "metrics (units in the key names); wall time in s.")
+        spec.default_output_node = "output_parameters"
+        spec.exit_code(310, "ERROR_MODEL_INVALID", message="The trained model directory is missing or corrupt: {error}")
+        spec.exit_code(410, "WARNING_TRAINING_INTERRUPTED",
+                       message="Training stopped early ({reason}) after writing a checkpoint; a restart resumes it.")
+
+    def build_config(self) -> dict[str, Any]:
+        config: dict[str, Any] = {"train": TRAINING_FILENAME, "output": MODEL_DIRNAME}
+        config.update(self.inputs.parameters.get_dict())
+        if "parent_folder" in self.inputs:
+            config["resume_from"] = RESUME_DIRNAME
+        return config
+
+    def input_files(self) -> list[tuple[str, str, str]]:
+        structures = self.inputs.training_structures
+        return [(structures.uuid, structures.FILENAME, TRAINING_FILENAME)]
+
+    def prepare_for_submission(self, folder):
+        calcinfo = super().prepare_for_submission(folder)
+        calcinfo.retrieve_temporary_list = [MODEL_DIRNAME]
+        if "parent_folder" in self.inputs:
+            parent = self.inputs.parent_folder
+            folder.get_subfolder(RESUME_DIRNAME, create=True)
+            calcinfo.remote_copy_list = [(
+                parent.computer.uuid, f"{parent.get_remote_path()}/{MODEL_DIRNAME}/{CHECKPOINT_DIRNAME}",
+                f"{RESUME_DIRNAME}/{CHECKPOINT_DIRNAME}",
+            )]
+        return calcinfo
+
+
+class GeneratorTrainCalculation(ModelTrainCalculation):
+    """Train a generator on a structure batch (``battgen train-generator``)."""
+
+    COMMAND = "train-generator"
+    PARSER_NAME = "battgen.generator.train"
+    PARAMETERS_SCHEMA = {
+        "generator": (str, "trainable generator: cdvae or llm (battgen.generators entry point)"),
+        **_COMMON_SCHEMA,
+    }
+    REQUIRED_PARAMETERS = ("generator",)
+
+
+class PredictorTrainCalculation(ModelTrainCalculation):
+    """Train a property predictor on a labelled structure batch (``battgen train-predictor``)."""
+
+    COMMAND = "train-predictor"
+    PARSER_NAME = "battgen.predictor.train"
+    PARAMETERS_SCHEMA = {
+        "predictor": (str, "predictor: alignn, m3gnet, megnet, magpie-cnn, xrd-cnn, voltage-cgcnn"),
+        "targets": (list, "metadata keys to learn, with units in their names (formation_energy_per_atom_eV ...)"),
+        **_COMMON_SCHEMA,
+        "split": (dict, "{fractions: [train, val, test] (default 0.8/0.1/0.1), seed: int, stratify_by: key}"),
+    }
+    REQUIRED_PARAMETERS = ("predictor", "targets")

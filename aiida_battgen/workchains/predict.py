@@ -1,0 +1,48 @@
+"""``battgen.predict_base`` (PredictBaseWorkChain), the restart wrapper of PredictCalculation:
+
+* 311 out of memory -> halve ``options.batch_size`` and resubmit;
+* 300/301/302 outputs lost -> resubmit once; 303/304 -> fail at once (502).
+"""
+
+from __future__ import annotations
+
+from aiida import orm
+from aiida.engine import ProcessHandlerReport, process_handler
+
+from aiida_battgen.calculations.predict import PredictCalculation
+from aiida_battgen.workchains.restart import BattgenRestartWorkChain
+
+DEFAULT_PREDICTION_BATCH_SIZE = 64  # assumed when an out-of-memory run did not set options.batch_size
+
+
+class PredictBaseWorkChain(BattgenRestartWorkChain):
+    """Predict properties of a batch; smaller batches after running out of memory."""
+
+    _process_class = PredictCalculation
+    _namespace = "predict"
+
+    @process_handler(priority=600, exit_codes=[PredictCalculation.exit_codes.ERROR_OUT_OF_MEMORY])
+    def handle_out_of_memory(self, node):
+        parameters = self.ctx.inputs.parameters.get_dict() if "parameters" in self.ctx.inputs else {}
+        options = dict(parameters.get("options", {}))
+        batch_size = int(options.get("batch_size", DEFAULT_PREDICTION_BATCH_SIZE))
+        if batch_size <= 1:
+            self.report_error_handled(node, "already predicting one structure at a time: aborting")
+            return ProcessHandlerReport(True, self.exit_codes.ERROR_CLI_REJECTED.format(status=node.exit_status))
+        options["batch_size"] = batch_size // 2
+        self.ctx.inputs.parameters = orm.Dict({**parameters, "options": options})
+        self.report_error_handled(node, f"resubmitting with options.batch_size={batch_size // 2}")
+        return ProcessHandlerReport(True)
+
+    @process_handler(priority=580, exit_codes=[
+        PredictCalculation.exit_codes.ERROR_MISSING_OUTPUT_FILES,
+        PredictCalculation.exit_codes.ERROR_OUTPUT_UNREADABLE,
+        PredictCalculation.exit_codes.ERROR_SUMMARY_MISSING,
+    ])
+    def handle_outputs_lost(self, node):
+        return self._retry_once("outputs_lost", node, "resubmitting the same inputs once")
+
+    @process_handler(priority=570, exit_codes=[PredictCalculation.exit_codes.ERROR_CLI_INVALID_INPUT,
+                                               PredictCalculation.exit_codes.ERROR_CLI_FAILED])
+    def handle_cli_rejected(self, node):
+        return self.abort_deterministic(node)
