@@ -1,0 +1,1 @@
+"""battgen.electrochem: electrode quantities computed from compositions and structures (capacity ...)."""
