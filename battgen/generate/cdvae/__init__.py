@@ -136,7 +136,7 @@ class CDVAEGenerator(TrainableGenerator):
         """CDVAE's latent optimisation: Adam on z to move the property head's prediction to the target."""
         index = self.model.property_keys.index(settings["property"])
         target = (settings["target"] - self.model.property_scaler.mean[index]) / self.model.property_scaler.std[index]
-        z = z.clone().requires_grad_(True)
+        z = z.detach().clone().requires_grad_(True)
         optimizer = torch.optim.Adam([z], lr=settings["lr"])
         for _ in range(settings["steps"]):
             optimizer.zero_grad()
@@ -150,7 +150,8 @@ class CDVAEGenerator(TrainableGenerator):
                       z: torch.Tensor | None = None, num_atoms: torch.Tensor | None = None) -> list[dict[str, Any]]:
         condition = self._condition_tensors(parsed, n)
         if z is None:
-            z = self.model.sample_latent(n, condition, generator)
+            with torch.no_grad():
+                z = self.model.sample_latent(n, condition, generator)
             if parsed["latent_optimisation"]:
                 z = self._optimise_latent(z, condition, parsed["latent_optimisation"])
         with torch.no_grad():

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from pymatgen.core import Element, Lattice, Structure
 
-from battgen.generate.cdvae.graph import edge_triplets, lattice_params_to_matrix, periodic_radius_graph
+from battgen.generate.cdvae.graph import edge_triplets, periodic_radius_graph
 
 MAX_ATOMIC_NUMBER = 100  # CDVAE's MAX_ATOMIC_NUM: atom-type classes are Z = 1 ... 100
 ELEMENT_PRESENCE = "element_presence"  # the condition key for known-present / known-absent elements
@@ -74,17 +74,19 @@ class CrystalRecord:
     properties: torch.Tensor = field(default_factory=lambda: torch.zeros(0))  # (n_properties,) raw, nan unknown
 
 
-def featurize_structure(structure: Structure, cutoff_A: float, max_neighbors: int) -> CrystalRecord:
-    canonical = canonical_structure(structure)
-    lengths = torch.tensor(canonical.lattice.abc, dtype=torch.float64)
-    angles = torch.tensor(canonical.lattice.angles, dtype=torch.float64)
-    lattice = lattice_params_to_matrix(lengths[None], angles[None])  # (1, 3, 3)
-    frac = torch.tensor(canonical.frac_coords, dtype=torch.float64)
-    num_atoms = torch.tensor([len(canonical)])
+def featurize_structure(structure: Structure, cutoff_A: float, max_neighbors: int, canonical: bool = True
+                        ) -> CrystalRecord:
+    """Cached tensors of one crystal; ``canonical=False`` keeps the cell as given (symmetry tests)."""
+    cell = canonical_structure(structure) if canonical else structure
+    lengths = torch.tensor(cell.lattice.abc, dtype=torch.float64)
+    angles = torch.tensor(cell.lattice.angles, dtype=torch.float64)
+    lattice = torch.tensor(cell.lattice.matrix, dtype=torch.float64)[None]  # (1, 3, 3)
+    frac = torch.tensor(cell.frac_coords % 1.0, dtype=torch.float64)
+    num_atoms = torch.tensor([len(cell)])
     graph = periodic_radius_graph(frac, lattice, num_atoms, cutoff_A, max_neighbors)
-    triplets = edge_triplets(graph, len(canonical))
+    triplets = edge_triplets(graph, len(cell))
     return CrystalRecord(
-        atom_types=torch.tensor([site.specie.Z for site in canonical], dtype=torch.long),
+        atom_types=torch.tensor([site.specie.Z for site in cell], dtype=torch.long),
         frac_coords=frac, lattice=lattice[0], lengths_A=lengths, angles_deg=angles,
         edge_source=graph.source, edge_target=graph.target, edge_offset=graph.offset,
         triplet_in=triplets.edge_in, triplet_out=triplets.edge_out,

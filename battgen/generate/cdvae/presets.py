@@ -88,6 +88,7 @@ PRESET_OVERRIDES: dict[str, dict[str, Any]] = {
         "max_neighbors": 12,
         "max_atoms": 8,
         "num_noise_levels": 10,
+        "lr": 3e-3,  # a few dozen steps must visibly fit
         "batch_size": 8,
         "max_epochs": 20,
         "checkpoint_every_steps": 10,

@@ -331,7 +331,7 @@ def train_cdvae(
                 recent_losses.append({key: float(value.detach()) for key, value in terms.items()})
                 recent_losses = recent_losses[-steps_per_epoch:]
                 bar.update(1)
-                bar.set_postfix(loss=f"{float(terms['loss']):.3f}", epoch=progress["epoch"])
+                bar.set_postfix(loss=f"{float(terms['loss'].detach()):.3f}", epoch=progress["epoch"])
                 if progress["step"] % every == 0:
                     save_checkpoint(checkpoint_path, model, optimizer, scheduler, progress)
             if stopped_because:
