@@ -19,6 +19,7 @@ from aiida_battgen.workchains.protocols.utils import ProtocolMixin
 StructureBatchData = DataFactory("battgen.structure_batch")
 MlipRelaxBaseWorkChain = WorkflowFactory("battgen.mlip.relax_base")
 GenerateBaseWorkChain = WorkflowFactory("battgen.generate_base")
+PropertyScreenWorkChain = WorkflowFactory("battgen.property_screen")
 ModelData = DataFactory("battgen.model")
 
 batch_from_snapshot = CalculationFactory("battgen.batch_from_snapshot")
@@ -84,9 +85,17 @@ def validate_generation(generation: dict, models: dict) -> str | None:
 def validate_inputs(inputs, _):
     if "seed_structures" not in inputs and "snapshot" not in inputs:
         return "give either `seed_structures` (a structure batch) or `snapshot` (a source snapshot)"
-    error = validate_generation(inputs["generation"].get_dict(), inputs.get("generator_models", {}))
+    generation = inputs["generation"].get_dict()
+    error = validate_generation(generation, inputs.get("generator_models", {}))
     if error:
         return error
+    sort_by = inputs["preselection"].get_dict().get("sort_by")
+    if sort_by == "substitution_probability" and any(
+        run["generator"] != "substitution" for run in generator_runs(generation)
+    ):
+        return ("`preselection.sort_by: substitution_probability` would drop every row of the other generators "
+                "(they have no such column): set it to null or to a column all generators' rows carry "
+                "(e.g. a predicted property from `property_screen`)")
     for port in ("preselection", "shortlist"):
         top_k = inputs[port].get_dict().get("top_k")
         if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
@@ -122,6 +131,10 @@ class DiscoveryWorkChain(ProtocolMixin, WorkChain):
                                                       "relaxation code when no code is given."})
         spec.input("screening", valid_type=orm.Dict,
                    help="Per-filter parameters: validity (distances in Å), charge_neutrality, uniqueness, novelty.")
+        spec.expose_inputs(PropertyScreenWorkChain, namespace="property_screen", exclude=("structures",),
+                           namespace_options={"required": False, "populate_defaults": False,
+                                              "help": "ML property screen between screening and relaxation "
+                                                      "(models, thresholds); skipped when not given."})
         spec.input("preselection", valid_type=orm.Dict,
                    help="Cut before relaxation: sort_by, ascending, top_k (number of structures).")
         spec.input("hull", valid_type=orm.Dict,
@@ -144,6 +157,10 @@ class DiscoveryWorkChain(ProtocolMixin, WorkChain):
             cls.generate,
             cls.collect_generated,
             cls.screen,
+            if_(cls.has_property_screen)(
+                cls.run_property_screen,
+                cls.inspect_property_screen,
+            ),
             cls.preselect,
             if_(cls.has_candidates)(
                 cls.run_relaxations,
@@ -172,6 +189,7 @@ class DiscoveryWorkChain(ProtocolMixin, WorkChain):
         spec.exit_code(504, "ERROR_RELAXATION_FAILED", message="The MLIP relaxation of `{which}` failed.")
         spec.exit_code(505, "ERROR_STABILITY_FAILED", message="The energy-above-hull step failed.")
         spec.exit_code(506, "ERROR_SHORTLIST_FAILED", message="Ranking / extracting the shortlist failed.")
+        spec.exit_code(507, "ERROR_PROPERTY_SCREEN_FAILED", message="The ML property screen failed: {message}")
         spec.exit_code(701, "WARNING_NO_CANDIDATES",
                        message="No candidate survived screening; the funnel is attached, nothing was relaxed.")
 
@@ -233,7 +251,8 @@ class DiscoveryWorkChain(ProtocolMixin, WorkChain):
                     return self.exit_codes.ERROR_GENERATION_FAILED
                 self.ctx.generated_pieces[f"g{index:02d}_{name}"] = outputs["structures"]
                 continue
-            inputs = AttributeDict(self.exposed_inputs(GenerateBaseWorkChain, namespace="generate"))
+            inputs = AttributeDict(self.exposed_inputs(GenerateBaseWorkChain, namespace="generate")
+                                   if "generate" in self.inputs else {})
             inputs.generate = AttributeDict(inputs.get("generate", {}))
             inputs.generate.setdefault("code", self.inputs.relax.relax.code)
             inputs.generate.model = self.inputs.generator_models[name]
@@ -282,6 +301,29 @@ class DiscoveryWorkChain(ProtocolMixin, WorkChain):
             self.ctx.current = outputs["passed"]
             self.ctx.funnel[funnel_key] = self.ctx.current
         self.out("screened_structures", self.ctx.current)
+
+    def has_property_screen(self):
+        return "property_screen" in self.inputs and "parameters" in self.inputs.property_screen \
+            and self.ctx.current.n_rows > 0
+
+    def run_property_screen(self):
+        inputs = AttributeDict(self.exposed_inputs(PropertyScreenWorkChain, namespace="property_screen"))
+        inputs.structures = self.ctx.current
+        # Large batches are predicted by a CalcJob: on the relaxation code's computer unless told otherwise.
+        inputs.predict = AttributeDict(inputs.get("predict", {}))
+        inputs.predict.predict = AttributeDict(inputs.predict.get("predict", {}))
+        inputs.predict.predict.setdefault("code", self.inputs.relax.relax.code)
+        inputs.metadata = {"call_link_label": "property_screen"}
+        future = self.submit(PropertyScreenWorkChain, **inputs)
+        self.report(f"launched PropertyScreenWorkChain<{future.pk}> for {self.ctx.current.n_rows} rows")
+        return ToContext(property_screen=future)
+
+    def inspect_property_screen(self):
+        node = self.ctx.property_screen
+        if not node.is_finished_ok:
+            return self.exit_codes.ERROR_PROPERTY_SCREEN_FAILED.format(message=node.exit_message)
+        self.ctx.current = node.outputs.passed_structures
+        self.ctx.funnel["property_screened"] = self.ctx.current
 
     def preselect(self):
         if self.ctx.current.n_rows == 0:

@@ -149,7 +149,8 @@ class PropertyScreenWorkChain(ProtocolMixin, WorkChain):
             outputs, node = function.run_get_node(**kwargs, metadata={"call_link_label": self.ctx.prediction_label})
             self.ctx.prediction = node
             return None
-        inputs = AttributeDict(self.exposed_inputs(PredictBaseWorkChain, namespace="predict"))
+        inputs = AttributeDict(self.exposed_inputs(PredictBaseWorkChain, namespace="predict")
+                               if "predict" in self.inputs else {})
         inputs.predict = AttributeDict(inputs.get("predict", {}))
         inputs.predict.structures = self.ctx.current
         inputs.predict.model = model

@@ -10,7 +10,7 @@ from aiida_battgen.data.batch import StructureBatchData
 # Stage order of a discovery run; inputs may be any subset.
 FUNNEL_STAGES = (
     "seed_structures", "generated", "valid_structure", "charge_neutral", "unique", "novel",
-    "preselected", "relaxed", "shortlisted",
+    "property_screened", "preselected", "relaxed", "shortlisted",
 )
 
 
