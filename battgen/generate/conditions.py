@@ -5,7 +5,7 @@ Scalar targets, each with its unit in the name:
 - ``formation_energy_per_atom_eV``, ``band_gap_eV``, ``e_above_hull_eV_per_atom``: read from row
   metadata (DFT labels of the training data; a predictor's values for generated rows).
 - ``gravimetric_capacity_mAh_per_g``: theoretical capacity for full removal of the working ion,
-  ``n_ion · z · F / (3.6 · M)`` with ``M`` the molar mass of the ion-containing (discharged) formula unit,
+  per gram of the ion-containing (discharged) material as pymatgen / the MP Battery Explorer define it,
   computed from the composition when the metadata lacks it.
 - ``channel_radius_A``: radius of the largest free sphere that can pass through the framework with the
   working ion removed (Zeo++ through ``pymatgen.io.zeopp``; seed 004 uses CAVD's R_t, which also
@@ -27,7 +27,6 @@ from pymatgen.core import Composition, Element, Structure
 
 from battgen.batch import StructureBatch
 
-FARADAY_C_PER_MOL = 96485.33212
 SCALAR_CONDITIONS = (
     "formation_energy_per_atom_eV",
     "band_gap_eV",
@@ -40,14 +39,15 @@ WORKING_ION_CHARGES = {"Li": 1, "Na": 1, "K": 1, "Mg": 2, "Ca": 2, "Zn": 2, "Al"
 
 
 def gravimetric_capacity_mAh_per_g(composition: Composition, working_ion: str = "Li") -> float:
-    """Capacity for removing every working ion, per gram of the ion-containing material (0 without ion)."""
+    """Capacity for removing every working ion, per gram of the ion-containing material (0 without ion);
+    pymatgen's InsertionElectrode conventions through :mod:`battgen.electrochem.capacity`."""
+    from battgen.electrochem.capacity import electrode_capacity
+
     if working_ion not in WORKING_ION_CHARGES:
         raise ValueError(f"unknown working ion {working_ion!r}; known: {sorted(WORKING_ION_CHARGES)}")
-    n_ion = composition[Element(working_ion)]
-    if n_ion == 0:
+    if composition[Element(working_ion)] == 0:
         return 0.0
-    charge_C = n_ion * WORKING_ION_CHARGES[working_ion] * FARADAY_C_PER_MOL
-    return charge_C / 3.6 / float(composition.weight)  # C/mol / (g/mol) -> mAh/g: 1 mAh = 3.6 C
+    return electrode_capacity(composition, working_ion).gravimetric_mAh_per_g
 
 
 @contextlib.contextmanager
