@@ -65,7 +65,9 @@ def assert_round_trip(structure: Structure, fmt: TextFormat) -> None:
 
 def test_text_format_of_licoo2():
     text = structure_to_text(licoo2())
-    assert text == "2.8 2.8 14.1\n90 90 120\nLi\n0.00 0.00 0.50\nCo\n0.00 0.00 0.00\nO\n0.00 0.00 0.26\nO\n0.00 0.00 0.74\n"
+    assert text == (
+        "2.8 2.8 14.1\n90 90 120\nLi\n0.00 0.00 0.50\nCo\n0.00 0.00 0.00\nO\n0.00 0.00 0.26\nO\n0.00 0.00 0.74\n"
+    )
 
 
 def test_coordinates_are_wrapped_and_never_print_one_or_minus_zero():
@@ -85,7 +87,9 @@ def test_coordinates_are_wrapped_and_never_print_one_or_minus_zero():
     coordinate_decimals=st.integers(1, 4),
     length_decimals=st.integers(0, 3),
 )
-def test_round_trip_is_exact_to_printed_precision(lengths, angles, coords, species, coordinate_decimals, length_decimals):
+def test_round_trip_is_exact_to_printed_precision(
+    lengths, angles, coords, species, coordinate_decimals, length_decimals
+):
     try:
         lattice = Lattice.from_parameters(*lengths, *angles)
     except ValueError:
@@ -203,7 +207,8 @@ def test_training_examples_carry_true_conditions():
     structure = licoo2()
     seen = set()
     for _ in range(40):
-        example = make_training_example("conditional", structure, {"band_gap_eV": 2.7}, rng, TextFormat(), ELEMENTS, 0.5)
+        example = make_training_example("conditional", structure, {"band_gap_eV": 2.7}, rng, TextFormat(), ELEMENTS,
+                                        0.5)
         assert example.answer == structure_to_text(structure)
         seen.update(f for f in ("LiCoO2", "2.70 eV", "include", "exclude") if f in example.prompt)
         if "exclude" in example.prompt:

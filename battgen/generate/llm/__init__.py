@@ -194,7 +194,10 @@ class CrystalLLMGenerator(TrainableGenerator):
             prompts = [infill_prompt(seed_structures.structures[i], element, self.decimals) for i, element in jobs]
         else:
             jobs = [None] * max_attempts
-            fixed = unconditional_prompt() if task == "unconditional" else conditional_prompt(self._prompt_conditions(checked))
+            if task == "unconditional":
+                fixed = unconditional_prompt()
+            else:
+                fixed = conditional_prompt(self._prompt_conditions(checked))
             prompts = [fixed] * max_attempts
         # + 1 for the beginning-of-sequence token; learned positions (GPT-2) cap prompt + answer length.
         longest_prompt = max(len(self.tokenizer(p, add_special_tokens=False)["input_ids"]) + 1 for p in set(prompts))
@@ -202,7 +205,9 @@ class CrystalLLMGenerator(TrainableGenerator):
         wanted = checked["max_new_tokens"] or (INFILL_MAX_NEW_TOKENS if task == "infill" else room)
         max_new_tokens = min(wanted, room)
         if max_new_tokens < 1:
-            raise ValueError(f"the prompt ({longest_prompt} tokens) leaves no room in the model's {self.max_length} positions")
+            raise ValueError(
+                f"the prompt ({longest_prompt} tokens) leaves no room in the model's {self.max_length} positions"
+            )
 
         required, forbidden = checked["required_elements"], checked["forbidden_elements"]
         failures: Counter = Counter()

@@ -51,7 +51,8 @@ def train_tokenizer(texts: list[str], vocab_size: int = 512, min_frequency: int 
 def _check_local_path(name_or_dir: str | Path) -> None:
     """A path that is clearly local but absent fails at once (the hub lookup would retry for seconds)."""
     text = str(name_or_dir)
-    if (isinstance(name_or_dir, Path) or text.startswith(("/", "./", "../", "~"))) and not Path(text).expanduser().is_dir():
+    looks_local = isinstance(name_or_dir, Path) or text.startswith(("/", "./", "../", "~"))
+    if looks_local and not Path(text).expanduser().is_dir():
         raise BaseModelUnavailableError(_unavailable_message(text, FileNotFoundError(f"no directory {text}")))
 
 

@@ -100,7 +100,8 @@ def sample_prompt_conditions(
     absent = [s for s in element_pool if s not in elements]
     if absent:
         n_forbidden = int(rng.integers(1, min(3, len(absent)) + 1))
-        candidates.append(("forbidden_elements", tuple(sorted(rng.choice(absent, n_forbidden, replace=False).tolist()))))
+        forbidden = sorted(rng.choice(absent, n_forbidden, replace=False).tolist())
+        candidates.append(("forbidden_elements", tuple(forbidden)))
     candidates.extend(("scalar", (key, value)) for key, value in scalar_values.items() if value is not None)
     keep = rng.random(len(candidates)) >= condition_dropout
     if not keep.any():

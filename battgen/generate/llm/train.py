@@ -156,7 +156,10 @@ def encode_example(tokenizer, example: TrainingExample, max_length: int, loss_on
     answer_ids = tokenizer(example.answer, add_special_tokens=False)["input_ids"]
     bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
     ids = bos + prompt_ids + answer_ids + [tokenizer.eos_token_id]
-    labels = list(ids) if loss_on_prompt else [IGNORE_INDEX] * (len(bos) + len(prompt_ids)) + answer_ids + [tokenizer.eos_token_id]
+    if loss_on_prompt:
+        labels = list(ids)
+    else:
+        labels = [IGNORE_INDEX] * (len(bos) + len(prompt_ids)) + answer_ids + [tokenizer.eos_token_id]
     truncated = len(ids) > max_length
     return ids[:max_length], labels[:max_length], truncated
 
@@ -196,7 +199,8 @@ def evaluation_loss(model, tokenizer, examples, max_length, loss_on_prompt, batc
     total, count = 0.0, 0
     with torch.no_grad():
         for start in range(0, len(examples), batch_size):
-            encoded = [encode_example(tokenizer, e, max_length, loss_on_prompt) for e in examples[start:start + batch_size]]
+            chunk = examples[start:start + batch_size]
+            encoded = [encode_example(tokenizer, e, max_length, loss_on_prompt) for e in chunk]
             tensors = [t.to(device) for t in collate(encoded, tokenizer.pad_token_id)]
             loss, n = token_loss_sum(model, *tensors)
             total, count = total + float(loss), count + n
@@ -261,7 +265,11 @@ def effective_warmup(warmup_steps: int, max_steps: int) -> int:
 
 
 def make_scheduler(optimizer, name: str, warmup: int, max_steps: int):
-    from transformers import get_cosine_schedule_with_warmup, get_constant_schedule_with_warmup, get_linear_schedule_with_warmup
+    from transformers import (
+        get_constant_schedule_with_warmup,
+        get_cosine_schedule_with_warmup,
+        get_linear_schedule_with_warmup,
+    )
 
     if name == "cosine":
         return get_cosine_schedule_with_warmup(optimizer, warmup, max(max_steps, 1))
@@ -340,7 +348,8 @@ def run_stage(stage: str, model, ctx: StageContext, resume: dict[str, Any] | Non
         train_losses.append(loss.item())
         progress.update(1)
         progress.set_postfix(loss=f"{train_losses[-1]:.3f}")
-        record: dict[str, Any] = {"stage": stage, "step": step, "train_loss": train_losses[-1], "lr": scheduler.get_last_lr()[0]}
+        record: dict[str, Any] = {"stage": stage, "step": step, "train_loss": train_losses[-1],
+                                  "lr": scheduler.get_last_lr()[0]}
         if step % int(ctx.hp["eval_every_steps"]) == 0:
             record["val_loss"] = val_loss()
         with open(log_path, "a", encoding="utf-8") as handle:
@@ -417,6 +426,8 @@ def train_crystal_llm(
 ) -> dict[str, Any]:
     """Both stages; ``on_step(stage, step, loss)`` is called after every optimiser step (tests use it to
     interrupt a run). Returns ``{"training": ..., "metrics": ...}`` for the manifest."""
+    import torch
+
     hp = hyperparameters
     validate_hyperparameters(hp)
     model_dir = Path(model_dir)
@@ -459,6 +470,7 @@ def train_crystal_llm(
             stages["pretrain"] = json.loads((base_dir / "battgen-stage.json").read_text(encoding="utf-8"))
         else:
             p = hp["pretrain"]
+            torch.manual_seed(seed)  # the initial weights depend on the seed only
             model = build_gpt2(tokenizer, int(p["n_layer"]), int(p["n_embd"]), int(p["n_head"]), max_length,
                                float(p["dropout"]))
             stage_resume = resume if resume is not None and resume["stage"] == "pretrain" else None
@@ -467,7 +479,8 @@ def train_crystal_llm(
 
                 model = GPT2LMHeadModel.from_pretrained(stage_resume["path"] / "model")
             model.to(device)
-            ctx = StageContext(model_dir, tokenizer, train_source, val_examples, train_eval_examples, hp, seed, device, max_length, on_step)
+            ctx = StageContext(model_dir, tokenizer, train_source, val_examples, train_eval_examples, hp, seed, device,
+                               max_length, on_step)
             stages["pretrain"] = run_stage("pretrain", model, ctx, stage_resume)
             model.save_pretrained(base_dir)
             tokenizer.save_pretrained(base_dir)
@@ -487,10 +500,12 @@ def train_crystal_llm(
 
         model = PeftModel.from_pretrained(base, stage_resume["path"] / "adapter", is_trainable=True)
     else:
+        torch.manual_seed(seed + 1)  # LoRA's A matrices start from the seed, not from stage 1's RNG history
         model = wrap_with_lora(base, lora["r"], lora["alpha"], lora["dropout"], lora["target_modules"])
     if not quantize:  # a 4-bit model is already placed on the GPU by bitsandbytes
         model.to(device)
-    ctx = StageContext(model_dir, tokenizer, train_source, val_examples, train_eval_examples, hp, seed, device, max_length, on_step)
+    ctx = StageContext(model_dir, tokenizer, train_source, val_examples, train_eval_examples, hp, seed, device,
+                       max_length, on_step)
     stages["lora"] = run_stage("lora", model, ctx, stage_resume)
     model.save_pretrained(model_dir / "adapter")
     settings = {
