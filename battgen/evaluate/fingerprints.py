@@ -12,7 +12,10 @@
 - Coverage: Euclidean distances between generated and reference fingerprints; COV-R is the fraction of
   reference crystals with a generated crystal within both cutoffs, COV-P the number of generated crystals
   with a reference crystal within both cutoffs divided by the number of generated crystals *including*
-  those without a fingerprint. Cutoffs per dataset are CDVAE's ``COV_Cutoffs``.
+  those without a fingerprint. Cutoffs per dataset are CDVAE's ``COV_Cutoffs``. As in CDVAE, the
+  structure and composition minima are taken independently: a reference crystal counts as recalled when
+  *some* generated crystal is structurally close and *some* (possibly another) is compositionally close, so
+  the COV-R of a union of generators can exceed the sum of theirs.
 
 Cost: CrystalNN is slow (about 15 ms per site on one CPU core, so ~0.1 s for a 5-atom perovskite and
 ~0.3 s for an MP-20 crystal); Magpie is ~2 ms per composition. :class:`FingerprintCache` computes each

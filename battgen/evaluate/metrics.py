@@ -121,6 +121,8 @@ class EvaluationSettings:
                 raise ValueError(f"{name} must be a number, got {value!r}")
         if settings.coverage_on not in ("all", "valid"):
             raise ValueError(f"coverage_on must be 'all' (CDVAE) or 'valid', got {settings.coverage_on!r}")
+        if not isinstance(settings.target_tolerances, Mapping):
+            raise ValueError(f"target_tolerances must map conditions to numbers, got {settings.target_tolerances!r}")
         unknown_targets = sorted(set(settings.target_tolerances) - set(SCALAR_CONDITIONS))
         if unknown_targets:
             raise ValueError(f"target_tolerances: unknown condition(s) {unknown_targets}; known: {SCALAR_CONDITIONS}")

@@ -127,6 +127,23 @@ def test_property_from_predictor_and_sampling_of_max_samples(cache):
     assert metrics.settings["property_source"] == "predictor"
 
 
+def test_coverage_definition_on_hand_made_fingerprints():
+    """CDVAE's compute_cov: independent structure / composition minima; COV-P over all generated rows."""
+    from battgen.evaluate.fingerprints import Fingerprints, coverage
+
+    reference = Fingerprints(np.array([[0.0], [1.0]]), np.array([True, True]), np.array([[0.0, 0.0], [10.0, 0.0]]))
+    generated = Fingerprints(
+        np.array([[0.1], [1.0], [np.nan]]),  # G0 near R0; G1 has R1's structure but R0's composition
+        np.array([True, True, False]),  # G2: CrystalNN failed
+        np.array([[0.0, 0.0], [0.0, 0.0], [5.0, 0.0]]),
+    )
+    result = coverage(generated, reference, FeatureScaler(np.zeros(2), np.ones(2)), 0.2, 4.0)
+    assert result["cov_recall_percent"] == 50.0  # R1's closest composition is 10 away
+    assert result["cov_precision_percent"] == pytest.approx(200 / 3)  # G0 and G1 (minima from R0 and R1)
+    assert result["amsd_recall"] == pytest.approx(0.05) and result["amcd_recall"] == pytest.approx(5.0)
+    assert result["n_coverage_generated"] == 2
+
+
 def test_feature_scaler_follows_cdvae_conventions():
     features = np.array([[1.0, 5.0, np.nan], [3.0, 5.0, np.nan]])
     scaler = FeatureScaler.fit(features)
