@@ -5,7 +5,6 @@ import signal
 import threading
 import time
 
-import pytest
 import torch
 import yaml
 from test_cdvae import tiny_hyperparameters, training_structures

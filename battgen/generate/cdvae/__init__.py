@@ -109,7 +109,8 @@ class CDVAEGenerator(TrainableGenerator):
             optimisation = dict(optimisation)
             bad = sorted(set(optimisation) - LATENT_OPTIMISATION_KEYS)
             if bad or "property" not in optimisation or "target" not in optimisation:
-                raise ValueError(f"latent_optimisation needs 'property' and 'target' (optional 'steps', 'lr'); got {sorted(optimisation)}")
+                raise ValueError("latent_optimisation needs 'property' and 'target' (optional 'steps', 'lr'); "
+                                 f"got {sorted(optimisation)}")
             if optimisation["property"] not in self.model.property_keys:
                 raise ValueError(f"latent_optimisation: the model has no property head {optimisation['property']!r}; "
                                  f"heads: {self.model.property_keys or 'none'}")
@@ -191,7 +192,8 @@ class CDVAEGenerator(TrainableGenerator):
             while len(accepted) < n and rounds <= self.max_resample_rounds:
                 missing = n - len(accepted)
                 chunks = range(0, missing, parsed["batch_size"])
-                for chunk_start in tqdm(chunks, desc=f"CDVAE sampling (round {rounds})", disable=not self.progress or len(chunks) < 2):
+                for chunk_start in tqdm(chunks, desc=f"CDVAE sampling (round {rounds})",
+                                        disable=not self.progress or len(chunks) < 2):
                     size = min(parsed["batch_size"], missing - chunk_start)
                     for row in self._sample_chunk(size, parsed, generator):
                         elements = {el.symbol for el in row["structure"].composition.elements}
@@ -204,13 +206,15 @@ class CDVAEGenerator(TrainableGenerator):
                     break  # nothing is ever rejected without required elements
         seconds = time.perf_counter() - started
         langevin_steps = len(self.model.sigmas) * parsed["n_step_each"]
+        conditions_used = {**parsed["scalars"], "required_elements": parsed["required"],
+                           "forbidden_elements": parsed["forbidden"], "n_atoms": parsed["n_atoms"]}
+        if parsed["latent_optimisation"]:
+            conditions_used["latent_optimisation"] = parsed["latent_optimisation"]
         common = {
             "generator": self.name,
             "parent_row_id": None,
             "model_sha256": self.manifest.get("content_sha256"),
-            "conditions": {**parsed["scalars"], "required_elements": parsed["required"],
-                           "forbidden_elements": parsed["forbidden"], "n_atoms": parsed["n_atoms"],
-                           **({"latent_optimisation": parsed["latent_optimisation"]} if parsed["latent_optimisation"] else {})},
+            "conditions": conditions_used,
             "langevin_steps": langevin_steps,
             "langevin_n_step_each": parsed["n_step_each"],
             "langevin_step_lr_A2": parsed["step_lr"],
@@ -233,11 +237,12 @@ class CDVAEGenerator(TrainableGenerator):
         records, counts = featurize_batch(batch, {**self.hyperparameters, **self._feature_settings()}, "featurising")
         if counts["n_dropped_missing_condition"]:
             raise ValueError(f"{counts['n_dropped_missing_condition']} row(s) lack a condition value this model needs")
-        parsed = self._parse_conditions({key: value for key, value in (("n_step_each", n_step_each), ("step_lr", step_lr))
-                                         if value is not None})
+        settings = {"n_step_each": n_step_each, "step_lr": step_lr}
+        parsed = self._parse_conditions({key: value for key, value in settings.items() if value is not None})
         generator = torch.Generator().manual_seed(int(seed))
         rows = []
-        for start in tqdm(range(0, len(records), parsed["batch_size"]), desc="CDVAE reconstruction", disable=not self.progress):
+        chunks = range(0, len(records), parsed["batch_size"])
+        for start in tqdm(chunks, desc="CDVAE reconstruction", disable=not self.progress):
             crystal_batch = collate(records[start:start + parsed["batch_size"]])
             with torch.no_grad():
                 z, _ = self.model.encode(crystal_batch)
@@ -269,7 +274,9 @@ class CDVAEGenerator(TrainableGenerator):
     def _feature_settings(self) -> dict[str, Any]:
         """The featurisation the model was trained with (from its saved config, not the manifest)."""
         config = self.model.config
-        conditions = list(config.get("scalar_conditions") or []) + (["element_presence"] if config.get("element_presence") else [])
+        conditions = list(config.get("scalar_conditions") or [])
+        if config.get("element_presence"):
+            conditions.append("element_presence")
         return {"cutoff_A": config["cutoff_A"], "max_neighbors": config["max_neighbors"], "conditions": conditions,
                 "property_targets": [], "working_ion": config.get("working_ion", "Li")}
 

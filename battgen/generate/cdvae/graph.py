@@ -121,7 +121,6 @@ def periodic_radius_graph(
     degenerate cells met while sampling)."""
     device, dtype = frac_coords.device, frac_coords.dtype
     frac_coords = frac_coords - torch.floor(frac_coords)  # wrapped: the image reach assumes [0, 1)
-    crystal_index = crystal_index_of(num_atoms)
     reach = tuple(min(r, max_images_per_axis) for r in images_needed(lattices, cutoff))
     shifts = _image_grid(reach, device, dtype)  # (K, 3)
 
@@ -189,4 +188,3 @@ def triplet_cosines(displacement: torch.Tensor, triplets: Triplets) -> torch.Ten
     to_k = displacement[triplets.edge_in]  # r_k - r_j
     cos = (to_i * to_k).sum(-1) / (to_i.norm(dim=-1) * to_k.norm(dim=-1)).clamp_min(1e-9)
     return cos.clamp(-1.0, 1.0)
-
