@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from battgen.generate.dataset import DatasetSplits
 from battgen.generate.training import merge_hyperparameters
 from battgen.models import write_manifest
 from battgen.predictors.base import predictor_class
@@ -74,6 +75,48 @@ def unit_of(target: str) -> str:
     if "_per_atom_" in target or target.endswith("_eV_per_atom"):
         return "eV_per_atom"
     return target.rsplit("_", 1)[-1] if "_" in target else "unitless"
+
+
+# Hyper-parameters through which predictors accept a wall-time limit, with the factor from minutes.
+TIME_LIMIT_KEYS = {"max_train_minutes": 1.0, "max_train_time_s": 60.0}
+EPOCH_KEYS = ("max_epochs", "epochs")
+_CALIBRATION_ROWS = 32
+
+
+def time_budget_hyperparameters(name: str, hyperparameters: dict[str, Any], minutes: float, splits: Any,
+                                target: str, work_dir: Path, seed: int = 0,
+                                calibrate: bool = True) -> tuple[dict[str, Any], str]:
+    """``hyperparameters`` of predictor ``name`` limited to about ``minutes`` of training, and how.
+
+    A predictor with a wall-time hyper-parameter (:data:`TIME_LIMIT_KEYS`) gets it set. Otherwise its
+    epoch count is calibrated: one epoch on ``_CALIBRATION_ROWS`` training rows (graph building and
+    featurisation included, so the estimate errs long) is scaled to the full training split, and the
+    epochs are cut to fit ``minutes`` (at least one, never more than the configured number). With
+    ``calibrate=False`` (smoke runs) such a predictor trains one epoch."""
+    cls = predictor_class(name)
+    merged = merge_hyperparameters(cls.default_hyperparameters(), hyperparameters)
+    for key, factor in TIME_LIMIT_KEYS.items():
+        if key in merged:
+            return {**hyperparameters, key: minutes * factor}, f"{key}={minutes * factor:g}"
+    epoch_key = next((key for key in EPOCH_KEYS if key in merged), None)
+    if epoch_key is None:
+        return dict(hyperparameters), "no time or epoch hyper-parameter: defaults, unbudgeted"
+    if not calibrate:
+        return {**hyperparameters, epoch_key: 1}, f"{epoch_key}=1 (not calibrated)"
+    n_rows = min(_CALIBRATION_ROWS, len(splits.train))
+    calibration = DatasetSplits(
+        splits.train.select([i < n_rows for i in range(len(splits.train))]),
+        splits.val.select([i < 4 for i in range(len(splits.val))]),
+        splits.test.select([i < 4 for i in range(len(splits.test))]),
+        seed=splits.seed, fractions=splits.fractions,
+    )
+    calibration_dir = Path(work_dir) / f"calibrate-{name}"
+    started = time.perf_counter()
+    cls.fit(calibration, [target], calibration_dir, {**merged, epoch_key: 1}, seed=seed)
+    per_epoch_s = (time.perf_counter() - started) * len(splits.train) / max(n_rows, 1)
+    epochs = int(max(1, min(int(merged[epoch_key]), (60.0 * minutes) // max(per_epoch_s, 1e-9))))
+    return ({**hyperparameters, epoch_key: epochs},
+            f"{epoch_key}={epochs} (calibrated: ~{per_epoch_s:.1f} s per epoch on {len(splits.train)} rows)")
 
 
 def compare_predictors(
@@ -202,17 +245,29 @@ def plot_comparison(rows: list[dict[str, Any]], unit: str, path: Path, reference
         ours_key = f"test_{metric}_{unit}"
         ours = [_finite(by_name.get(n, {}).get(ours_key)) for n in names]
         published = [_finite(reference[metric].get(n)) for n in names]
-        bars = ax.bar(x - width / 2, np.nan_to_num(ours), width, color="#3b75af", label="this run")
-        ax.bar(x + width / 2, np.nan_to_num(published), width, color="#bbbbbb", hatch="//", edgecolor="#555555",
-               label=reference_label)
+        baseline_value = _finite(baseline.get(ours_key)) if baseline is not None else float("nan")
+        shown = [v for v in ours + published + [baseline_value] if np.isfinite(v)]
+        # An untrained or diverged model must not flatten every other bar: clip at 2.5x the baseline.
+        top = max(shown, default=1.0) * 1.15
+        if np.isfinite(baseline_value) and top > 2.5 * baseline_value:
+            top = 2.5 * baseline_value
+        bars = ax.bar(x - width / 2, np.nan_to_num(np.minimum(ours, top)), width, color="#3b75af", label="this run")
+        has_reference = np.isfinite(published)
+        ax.bar(x[has_reference] + width / 2, np.asarray(published)[has_reference], width, color="#bbbbbb", hatch="//",
+               edgecolor="#555555", label=reference_label)
+        for position, value in zip(x[has_reference], np.asarray(published)[has_reference]):
+            ax.text(position + width / 2, value, f"{value:.2f}", ha="center", va="bottom", fontsize=7, color="#555555")
         for bar, value, name in zip(bars, ours, names):
             finite = np.isfinite(value)
-            text = f"{value:.3f}" if finite else by_name.get(name, {}).get("status", "reference only")
-            ax.text(bar.get_x() + bar.get_width() / 2, value if finite else 0.0, text,
-                    ha="center", va="bottom", fontsize=7, rotation=0 if finite else 90)
-        if baseline is not None and np.isfinite(_finite(baseline.get(ours_key))):
-            ax.axhline(baseline[ours_key], color="#c0392b", linestyle="--", linewidth=1,
-                       label=f"training mean ({baseline[ours_key]:.3f})")
+            text = (f"{value:.3f}" + (" (clipped)" if value > top else "")) if finite else \
+                by_name.get(name, {}).get("status", "reference only")
+            ax.text(bar.get_x() + bar.get_width() / 2, min(value, top) if finite else 0.0, text,
+                    ha="center", va="top" if finite and value > top else "bottom", fontsize=7,
+                    rotation=0 if finite and value <= top else 90)
+        if np.isfinite(baseline_value):
+            ax.axhline(baseline_value, color="#c0392b", linestyle="--", linewidth=1,
+                       label=f"training mean ({baseline_value:.3f})")
+        ax.set_ylim(0, top)
         ax.set_xticks(x, names, rotation=30, ha="right")
         ax.set_ylabel(f"test {metric.upper()} ({unit.replace('_per_', '/')})")
         ax.set_title(f"({'a' if metric == 'rmse' else 'b'}) {metric.upper()}")

@@ -87,6 +87,12 @@ def test_magpie_nan_is_kept_and_imputed_by_the_training_mean():
     # feature's statistics ignore the NaN training row (mean 2, one value so scale 1).
     np.testing.assert_allclose(scaled, [[0.0, 0.0, 2.0]])
     np.testing.assert_allclose(scaler.transform(np.array([[3.0, 5.0, 2.0]])), [[1.0, 0.0, 0.0]])
+    # XRD: one mean / scale for all bins, so a peak in a bin empty in training stays a moderate value.
+    patterns = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    pattern_scaler = FeatureScaler.fit(patterns, per_feature=False)
+    np.testing.assert_allclose(pattern_scaler.mean, [1 / 3] * 3)
+    np.testing.assert_allclose(pattern_scaler.transform(np.array([[0.0, 0.0, 1.0]])),
+                               [[-1 / math.sqrt(2), -1 / math.sqrt(2), math.sqrt(2)]])
 
 
 # Strongest reflection: (200) for NaCl; for LiCl the weak Li scatterer makes the 8-fold (111) win.
@@ -143,6 +149,8 @@ def test_resumed_training_matches_uninterrupted_training(toy_splits, tmp_path):
     resumed = MagpieCNNPredictor.fit(toy_splits, [TARGET], tmp_path / "second", {**hyperparameters, "max_epochs": 8},
                                      resume_from=tmp_path / "first")
     assert resumed["training"]["resumed_from_epoch"] == 5 and resumed["training"]["epochs"] == 8
+    # Epoch 8's loss depends on the restored weights, optimiser moments, shuffling and dropout RNG.
+    assert resumed["training"]["last_train_loss_scaled"] == pytest.approx(straight["training"]["last_train_loss_scaled"], rel=1e-6)
     assert resumed["training"]["best_val_rmse"] == pytest.approx(straight["training"]["best_val_rmse"], rel=1e-6)
     assert resumed["metrics"][f"test_rmse_{TARGET}"] == pytest.approx(straight["metrics"][f"test_rmse_{TARGET}"], rel=1e-6)
 
