@@ -307,6 +307,7 @@ def evaluate_generation(
     generator_of = [str(m.get("generator") or UNKNOWN_GENERATOR) for m in generated.meta]
     groups = {name: np.array([g == name for g in generator_of], dtype=bool) for name in dict.fromkeys(generator_of)}
     started = time.perf_counter()
+    predicted: dict[int, float | None] = {}
 
     def group_metrics(in_group: np.ndarray) -> tuple[dict[str, Any], dict[str, list[float]]]:
         n = int(in_group.sum())
@@ -333,7 +334,11 @@ def evaluate_generation(
             "num_elements": [_num_elements(s) for s in samples],
         }
         if property_predictor is not None:
-            sample_property = [_number(v) for v in property_predictor(samples)] if samples else []
+            missing = [i for i in valid_rows if i not in predicted]  # predict each row once across groups
+            if missing:
+                values = property_predictor([structures[i] for i in missing])
+                predicted.update({i: _number(v) for i, v in zip(missing, values)})
+            sample_property = [predicted[i] for i in valid_rows]
         else:
             sample_property = [generated_property[i] for i in valid_rows]
         distributions[settings.property_column] = [v for v in sample_property if v is not None]
