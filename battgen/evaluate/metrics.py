@@ -474,13 +474,26 @@ def _reconstruction_files(value: Any) -> tuple[str, str]:
     raise ValueError("reconstruction must be {original: file, reconstructed: file} or a list of two batch files")
 
 
+def _composition_scaler(workdir: Path, value: Any) -> FeatureScaler | None:
+    """None (fit on the reference), a JSON file of means/stds, or a batch file to fit on (e.g. MP-20)."""
+    if not value:
+        return None
+    path = workdir / str(value)
+    if path.name.endswith(".json"):
+        return FeatureScaler.from_file(path)
+    batch = StructureBatch.read(path)
+    return FeatureScaler.from_compositions([s.composition for s in batch.structures],
+                                           fitted_on=f"{path.name} ({len(batch)} rows)")
+
+
 def run_evaluate_command(config: dict[str, Any], workdir: Path) -> dict[str, Any]:
     """``battgen evaluate``: config ``generated`` (batch file), ``reference`` (test-set batch: coverage and
     property distances), optional ``training`` (novelty), ``dataset`` (mp20 | perov_5 | carbon_24 | custom
     with ``coverage_cutoffs: {structure: ..., composition: ...}``), ``max_samples`` (CDVAE: 1000),
     ``property_column``, ``reconstruction`` ({original, reconstructed} batch files paired by order),
     ``e_hull_column``, ``output_prefix`` and the other :class:`EvaluationSettings`; ``composition_scaler``
-    (JSON of Magpie means/stds, e.g. CDVAE's), ``fingerprint_cache`` (an .npz reused across runs).
+    (a JSON file of Magpie means/stds, or a batch file to fit them on; MP-20 reproduces CDVAE's scaler; default:
+    fit on the reference), ``fingerprint_cache`` (an .npz reused across runs).
 
     Writes ``metrics.yaml``, ``metrics.csv``, ``property_distributions.png`` and, for conditional rows,
     ``target_agreement.png``.
@@ -516,7 +529,7 @@ def run_evaluate_command(config: dict[str, Any], workdir: Path) -> dict[str, Any
             pair = (StructureBatch.read(workdir / original_file), StructureBatch.read(workdir / reconstructed_file))
             if len(pair[0]) != len(pair[1]):
                 raise ValueError(f"reconstruction: {len(pair[0])} originals but {len(pair[1])} reconstructions")
-        scaler = FeatureScaler.from_file(workdir / config["composition_scaler"]) if config.get("composition_scaler") else None
+        scaler = _composition_scaler(workdir, config.get("composition_scaler"))
     except (BatchFormatError, ValueError, TypeError, KeyError, OSError, json.JSONDecodeError) as exc:
         raise InvalidInputError(str(exc)) from exc
 

@@ -4,6 +4,7 @@ target agreement and the ``battgen evaluate`` command, on tiny hand-made sets wi
 from __future__ import annotations
 
 import csv
+import json
 
 import numpy as np
 import pytest
@@ -148,11 +149,17 @@ def test_coverage_definition_on_hand_made_fingerprints():
     assert result["n_coverage_generated"] == 2
 
 
-def test_feature_scaler_follows_cdvae_conventions():
+def test_feature_scaler_follows_cdvae_conventions(tmp_path):
     features = np.array([[1.0, 5.0, np.nan], [3.0, 5.0, np.nan]])
     scaler = FeatureScaler.fit(features)
     assert scaler.means.tolist() == [2.0, 5.0, 0.0] and scaler.stds.tolist() == [1.0, 1.0, 1.0]
     assert scaler.transform(features).tolist() == [[-1.0, 0.0, 0.0], [1.0, 0.0, 0.0]]  # NaN -> 0
+    (tmp_path / "scaler.json").write_text(json.dumps({"means": [1.0] * 132, "stds": [0.0] + [2.0] * 131}))
+    loaded = FeatureScaler.from_file(tmp_path / "scaler.json")
+    assert loaded.stds[0] == 1.0 and loaded.transform(np.full((1, 132), 3.0))[0, 1] == 1.0
+    (tmp_path / "short.json").write_text(json.dumps({"means": [1.0] * 3, "stds": [1.0] * 3}))
+    with pytest.raises(ValueError, match="132 numbers"):
+        FeatureScaler.from_file(tmp_path / "short.json")
 
 
 def test_coverage_cutoffs_are_cdvae_values():
@@ -244,7 +251,7 @@ def test_evaluate_command_writes_metrics_table_and_figures(tmp_path):
     reference.write(tmp_path / "train.jsonl.gz")
     config = {"generated": "generated.jsonl.gz", "reference": "test.jsonl.gz", "training": "train.jsonl.gz",
               "dataset": "perov_5", "reconstruction": {"original": "test.jsonl.gz", "reconstructed": "test.jsonl.gz"},
-              "output_prefix": "run1", "fingerprint_cache": "fingerprints.npz"}
+              "output_prefix": "run1", "fingerprint_cache": "fingerprints.npz", "composition_scaler": "train.jsonl.gz"}
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
     assert main(["evaluate", "--config", str(tmp_path / "config.yaml"), "--workdir", str(tmp_path)]) == EXIT_OK
 
@@ -254,6 +261,7 @@ def test_evaluate_command_writes_metrics_table_and_figures(tmp_path):
     assert metrics["overall"]["cov_recall_percent"] == 100.0  # all five reference rows were generated
     assert metrics["per_generator"]["cdvae"]["cov_recall_percent"] == pytest.approx(60.0)
     assert metrics["reconstruction"]["reconstruction_match_percent"] == 100.0
+    assert metrics["settings"]["composition_scaler"] == "train.jsonl.gz (5 rows)"
     assert metrics["target_agreement"]["gravimetric_capacity_mAh_per_g"]["n_targeted"] == 1
     with open(tmp_path / "run1_metrics.csv", newline="") as handle:
         table = list(csv.DictReader(handle))
