@@ -53,6 +53,7 @@ from battgen.predictors._graph_training import (
     train_network,
 )
 from battgen.predictors.base import PREDICTED_PREFIX, Predictor
+from battgen.stability.predicted import E_HULL_COLUMN, ehull_from_predicted_formation_energy  # noqa: F401 - re-export
 
 if TYPE_CHECKING:  # the hull module pulls pymatgen's compatibility machinery (seconds to import)
     from battgen.stability.hull import ReferenceHull
@@ -69,7 +70,6 @@ JARVIS_TARGETS = {
     "mbj_bandgap": "band_gap_mbj_eV",
     "ehull": "e_above_hull_jarvis_eV_per_atom",
 }
-E_HULL_COLUMN = "predicted_e_above_hull_eV_per_atom"
 
 
 class PretrainedModelUnavailableError(RuntimeError):
@@ -377,49 +377,6 @@ def _version(package: str) -> str:
 
 
 # --- E_hull against an MP-referenced hull ---------------------------------------------------------
-def ehull_from_predicted_formation_energy(
-    batch: StructureBatch,
-    reference_hull: ReferenceHull,
-    formation_energy_column: str = PREDICTED_PREFIX + "formation_energy_per_atom_eV",
-) -> StructureBatch:
-    """E_hull of each row from its predicted formation energy, against ``reference_hull``.
-
-    The formation energy (eV/atom, relative to the elemental references of the hull — MP's, corrected by
-    MP2020, for a model trained on MP formation energies and an MP hull) is turned into a total energy
-    ``N * Ef + sum_i n_i mu_i`` with ``mu_i`` the hull's elemental reference energies per atom, and placed
-    on the hull. Adds ``predicted_e_above_hull_eV_per_atom`` (negative below the hull),
-    ``e_above_hull_source`` (which column, which model, which hull) and ``e_above_hull_error`` (why a row
-    has no value: no prediction, or elements outside the hull).
-    """
-    from pymatgen.entries.computed_entries import ComputedEntry
-
-    from battgen.stability.hull import HullError
-
-    references = {el.symbol: entry.energy_per_atom for el, entry in reference_hull.phase_diagram.el_refs.items()}
-    e_hull, sources, errors = [], [], []
-    for meta, structure in batch:
-        formation = meta.get(formation_energy_column)
-        model = meta.get("predicted_by")
-        sources.append(
-            f"{formation_energy_column}{f' ({model})' if model else ''} on hull '{reference_hull.label}'"
-        )
-        try:
-            if formation is None or not np.isfinite(float(formation)):
-                raise HullError(f"row has no {formation_energy_column}")
-            composition = structure.composition
-            reference_hull.check_chemical_space(composition)
-            total_energy = float(formation) * composition.num_atoms + sum(
-                amount * references[el.symbol] for el, amount in composition.items()
-            )
-            point = reference_hull._place(ComputedEntry(composition, total_energy, entry_id=meta["row_id"]))
-            e_hull.append(point.e_above_hull_eV_per_atom)
-            errors.append(None)
-        except HullError as exc:
-            e_hull.append(None)
-            errors.append(str(exc))
-    return batch.with_columns(**{E_HULL_COLUMN: e_hull, "e_above_hull_source": sources, "e_above_hull_error": errors})
-
-
 __all__ = [
     "ALIGNNPredictor",
     "JARVIS_TARGETS",

@@ -101,3 +101,23 @@ def test_property_screen_rejects_unknown_model_labels(battgen_code, labelled_hos
         StructureBatchData(labelled_hosts), {"band_gap": ModelData.from_directory(tmp_path)})
     with pytest.raises(ValueError, match="formation_energy"):
         run_get_node(builder)
+
+
+def test_predicted_energy_above_hull_against_reference_entries():
+    """Toy Li-O hull (Li −1.9, O −4.9 eV/atom, Li2O Ef −2.0 eV/atom): a Li2O2 row predicted at Ef = −1.0
+    eV/atom sits 0.5 eV/atom above the hull (which is at −1.5 there)."""
+    from pymatgen.entries.computed_entries import ComputedEntry
+
+    from aiida_battgen.calculations.functions.predicted_energy_above_hull import predicted_energy_above_hull
+
+    entries = [ComputedEntry("Li", -1.9), ComputedEntry("O2", -9.8), ComputedEntry("Li2O", 2 * -1.9 - 4.9 - 6.0)]
+    li2o2 = Structure(Lattice.cubic(4.0), ["Li", "O"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    batch = StructureBatch.from_structures([li2o2], [{"row_id": "li2o2", "predicted_formation_energy_per_atom_eV": -1.0}])
+    outputs = predicted_energy_above_hull(StructureBatchData(batch), orm.List([e.as_dict() for e in entries]),
+                                          orm.Dict({"compatibility": None, "label": "toy"}))
+    row = outputs["structures"].get_batch().meta[0]
+    assert row["predicted_e_above_hull_eV_per_atom"] == pytest.approx(0.5)
+    assert "hull 'toy'" in row["e_above_hull_source"]
+    _, node = run_get_node(predicted_energy_above_hull, structures=StructureBatchData(batch),
+                           reference_entries=orm.List([]), parameters=orm.Dict({"compatibility": None}))
+    assert node.exit_status == 332

@@ -260,7 +260,7 @@ def test_ehull_from_predicted_formation_energy_on_a_known_hull():
     hull lies at 3/4 of Li2O's formation energy: -1.5 eV/atom."""
     from pymatgen.entries.computed_entries import ComputedEntry
 
-    from battgen.predictors.alignn import ehull_from_predicted_formation_energy
+    from battgen.stability.predicted import ehull_from_predicted_formation_energy
     from battgen.stability.hull import ReferenceHull
 
     li, o = -1.9, -4.9
