@@ -144,11 +144,80 @@ def cmd_candidates(ctx, max_ehull, elements, generator, group_label):
 
 @cmd_root.command("protocols")
 def cmd_protocols():
-    """List the protocols of the discovery work chain."""
+    """List the protocols of the discovery and property-screen work chains."""
     from aiida_battgen.workchains.protocols.utils import ProtocolMixin
 
-    class _Discovery(ProtocolMixin):
-        _protocol_file = "discovery.yaml"
+    for title, filename in (("battgen.discovery", "discovery.yaml"), ("battgen.property_screen", "property_screen.yaml")):
+        chain = type("_Protocols", (ProtocolMixin,), {"_protocol_file": filename})
+        echo.echo(f"{title}:")
+        for name, info in chain.get_available_protocols().items():
+            echo.echo(f"  {name:20s} {info['description']}")
 
-    for name, info in _Discovery.get_available_protocols().items():
-        echo.echo(f"{name:10s} {info['description']}")
+
+@cmd_root.command("train")
+@click.argument("kind", type=click.Choice(["generator", "predictor"]))
+@click.argument("name")
+@click.option("--structures", "structures_pk", type=int, required=True, help="pk of the training StructureBatchData.")
+@click.option("--target", "targets", multiple=True, help="Predictor target column (repeatable), e.g. band_gap_eV.")
+@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="YAML with hyperparameters / filter / split / seed (keys of the training CalcJob's parameters).")
+@click.option("--code", "code_label", default=None, help="Code running the battgen CLI (default: battgen@localhost).")
+@click.option("--daemon", is_flag=True, help="Submit to the daemon instead of running in this process.")
+@click.pass_context
+def cmd_train(ctx, kind, name, structures_pk, targets, config_file, code_label, daemon):
+    """Train a generator (cdvae, llm) or a predictor (alignn, m3gnet, megnet, magpie-cnn, xrd-cnn, voltage-cgcnn)
+    on a structure batch; the model becomes a battgen.model node."""
+    import yaml
+    from aiida import orm
+    from aiida.engine import run_get_node, submit
+    from aiida.plugins import WorkflowFactory
+
+    _load_existing_profile(ctx)
+    settings = yaml.safe_load(open(config_file, encoding="utf-8")) if config_file else {}
+    parameters = {**(settings or {}), kind: name}
+    if kind == "predictor":
+        parameters["targets"] = list(targets) or parameters.get("targets")
+        if not parameters["targets"]:
+            echo.echo_critical("a predictor needs at least one --target")
+    workflow = WorkflowFactory(f"battgen.{kind}.train_base")
+    builder = workflow.get_builder()
+    try:
+        builder.train.code = orm.load_code(code_label or "battgen@localhost")
+        builder.train.training_structures = orm.load_node(structures_pk)
+        builder.train.parameters = orm.Dict(parameters)
+    except (ValueError, Exception) as exc:  # noqa: BLE001 - NotExistent, wrong type, invalid parameters
+        echo.echo_critical(f"invalid input: {exc}")
+    if daemon:
+        node = submit(builder)
+        echo.echo_success(f"submitted {workflow.__name__}<{node.pk}>")
+        return
+    results, node = run_get_node(builder)
+    if not node.is_finished_ok:
+        echo.echo_critical(f"{workflow.__name__}<{node.pk}> failed: {node.exit_message}")
+    echo.echo_success(f"trained {name}: battgen.model<{results['model'].pk}> sha256 {results['model'].content_sha256[:12]}")
+
+
+@cmd_root.command("models")
+@click.option("--kind", type=click.Choice(["generator", "predictor", "potential"]), default=None)
+@click.pass_context
+def cmd_models(ctx, kind):
+    """List trained models (battgen.model nodes) with what trained them and their held-out metrics."""
+    from aiida import orm
+
+    from aiida_battgen.data.model import ModelData
+    from battgen.report import format_table
+
+    _load_existing_profile(ctx)
+    query = orm.QueryBuilder().append(ModelData, filters={"attributes.kind": kind} if kind else {}, tag="model")
+    rows = []
+    for (model,) in query.iterall():
+        training = model.base.attributes.get("training") or {}
+        metrics = model.base.attributes.get("metrics") or {}
+        headline = next((f"{k}={v:.4g}" for k, v in sorted(metrics.items())
+                         if k.startswith(("test_mae", "val_loss", "val_")) and isinstance(v, int | float)), "")
+        rows.append({"pk": model.pk, "kind": model.kind, "architecture": model.architecture,
+                     "sha256": model.content_sha256[:12], "n_train": training.get("n_train"),
+                     "creator": f"{model.creator.process_label}<{model.creator.pk}>" if model.creator else "imported",
+                     "metric": headline})
+    columns = ("pk", "kind", "architecture", "sha256", "n_train", "creator", "metric")
+    echo.echo(format_table(rows, columns) if rows else "no models")

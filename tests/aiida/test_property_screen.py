@@ -121,3 +121,27 @@ def test_predicted_energy_above_hull_against_reference_entries():
     _, node = run_get_node(predicted_energy_above_hull, structures=StructureBatchData(batch),
                            reference_entries=orm.List([]), parameters=orm.Dict({"compatibility": None}))
     assert node.exit_status == 332
+
+
+def test_train_and_models_commands(battgen_code, labelled_hosts, tmp_path):
+    """`aiida-battgen train predictor ...` trains through the work chain; `aiida-battgen models` lists it;
+    a bad structures pk exits non-zero with a message."""
+    import yaml
+    from click.testing import CliRunner
+
+    from aiida_battgen.cli import cmd_root
+
+    structures = StructureBatchData(labelled_hosts).store()
+    config = tmp_path / "hp.yaml"
+    config.write_text(yaml.safe_dump({"hyperparameters": SMALL_CNN, "split": {"fractions": [0.6, 0.2, 0.2]}}))
+    runner = CliRunner()
+    code_label = f"{battgen_code.label}@{battgen_code.computer.label}"
+    result = runner.invoke(cmd_root, ["train", "predictor", "magpie-cnn", "--structures", str(structures.pk),
+                                      "--target", TARGET, "--config", str(config), "--code", code_label])
+    assert result.exit_code == 0, result.output
+    assert "trained magpie-cnn" in result.output
+    listing = runner.invoke(cmd_root, ["models", "--kind", "predictor"])
+    assert listing.exit_code == 0 and "magpie-cnn" in listing.output and "PredictorTrainCalculation" in listing.output
+    bad = runner.invoke(cmd_root, ["train", "predictor", "magpie-cnn", "--structures", "999999", "--target", TARGET,
+                                   "--code", code_label])
+    assert bad.exit_code != 0 and "invalid input" in bad.output
