@@ -15,8 +15,10 @@ Per dataset, in one run:
 
 Both models are trained with ``battgen.generate.training.run_train_generator_command`` (the model directory
 and manifest ``battgen train-generator`` writes) and sampled through ``load_generator(name, model=dir)``.
-Metrics: structure / composition validity, uniqueness, novelty, COV-R / COV-P (CDVAE cutoffs per dataset,
-Magpie scaler fitted on the reference set), Wasserstein distances of density and number of elements
+Metrics: structure / composition validity, uniqueness, novelty, COV-R / COV-P (CDVAE cutoffs per dataset;
+Magpie features standardised with a scaler fitted on all 2,573 MP-20 mini rows, which reproduces CDVAE's
+fixed CompScaler, see :mod:`battgen.evaluate.fingerprints`; ``--scaler reference`` fits on each test set
+instead and roughly halves perov-5 coverage), Wasserstein distances of density and number of elements
 (d_E needs a formation-energy predictor for generated rows: not run here, so None), CDVAE reconstruction on
 ``--n-reconstruct`` test rows, and sampling throughput (structures/s of ``generate`` alone).
 
@@ -24,16 +26,17 @@ Budget (CPU; 2 shared cores; run with OMP_NUM_THREADS=1): training ``--cdvae-min
 30) + ``--llm-minutes`` (default 20, at most 30); sampling 1,000 structures each (CDVAE ~1-5 min, LM
 ~5-10 min); CrystalNN fingerprints ~15 ms per site (perov-5 test 3,785 x 5 sites ~5-10 min, MP-20 mini test
 ~515 rows ~3 min, samples a few min), cached in ``<workdir>/fingerprints.npz`` for reruns; substitution
-baseline ~3 min per dataset (~0.1 s per candidate). About 80 min in all by default. ``--quick``: tiny presets, 30 s of training each, 20 samples, 150 training rows and
-30-60 reference rows per dataset (~5 min on a loaded machine, mostly fingerprints and substitutions):
-proves the pipeline end to end, its numbers mean nothing.
+baseline ~3 min per dataset (~0.1 s per candidate). About 80 min in all by default; ``--datasets`` runs
+one half. ``--quick``: tiny presets, 30 s of training each, 20 samples, 150 training rows and 30-60
+reference rows per dataset (3-5 min, mostly imports, fingerprints and substitutions): proves the pipeline
+end to end, its numbers mean nothing.
 
 Published CDVAE numbers (Xie et al., ICLR 2022; Table 1 reconstruction, Table 2 generation), from memory of
 the paper; the lead should re-check them against the PDF: perov-5 validity struct 100 % / comp 98.59 %,
 COV-R 99.45 %, COV-P 98.46 %, d_rho 0.1258, d_E 0.0264, d_elem 0.0628, reconstruction 97.52 % / RMSE 0.0156;
 MP-20 validity 100 % / 86.70 %, COV-R 99.15 %, COV-P 99.49 %, d_rho 0.6875, d_E 0.2778, d_elem 1.432,
-reconstruction 45.43 % / 0.0356. CDVAE standardised Magpie features with fixed constants from its repository
-and trained on the full train splits for days on a GPU, so only the trends are comparable.
+reconstruction 45.43 % / 0.0356. CDVAE trained on the full train splits for days on a GPU and sampled 10,000
+structures, so only the trends are comparable.
 
 Usage: ``OMP_NUM_THREADS=1 python benchmarks/generators.py [--quick] [--cdvae-minutes 20] [--llm-minutes 20]
 [--n-samples 1000] [--workdir DIR]``; last line: ``key=value`` pairs (validity, coverage, d_rho, throughput
@@ -54,7 +57,7 @@ import numpy as np
 from pymatgen.core import Lattice, Structure
 
 from battgen.batch import StructureBatch
-from battgen.evaluate import FingerprintCache, evaluate_generation, reconstruction_metrics, write_outputs
+from battgen.evaluate import FeatureScaler, FingerprintCache, evaluate_generation, reconstruction_metrics, write_outputs
 from battgen.evaluate.metrics import TABLE_COLUMNS, _plain
 from battgen.generate.base import load_generator
 from battgen.generate.dataset import read_split
@@ -77,7 +80,8 @@ PUBLISHED_CDVAE = {  # Xie et al. 2022, Tables 1-2 (see the module docstring)
              "reconstruction_match_percent": 45.43, "reconstruction_rms_dist_normalised": 0.0356},
 }
 COMPARED = ("struct_valid_percent", "comp_valid_percent", "unique_percent", "novel_percent", "cov_recall_percent",
-            "cov_precision_percent", "wdist_density_g_per_cm3", "wdist_num_elements", "wdist_formation_energy_per_atom_eV")
+            "cov_precision_percent", "wdist_density_g_per_cm3", "wdist_num_elements",
+            "wdist_formation_energy_per_atom_eV")
 
 
 def shared_data_dir() -> Path:
@@ -174,7 +178,8 @@ def print_dataset_report(dataset: str, metrics, throughput: dict[str, float], re
 
 
 def headline(prefix: str, values: dict[str, Any]) -> list[str]:
-    keys = {"n_generated": "n", "struct_valid_percent": "struct_valid", "comp_valid_percent": "comp_valid", "unique_percent": "unique",
+    keys = {"n_generated": "n", "struct_valid_percent": "struct_valid", "comp_valid_percent": "comp_valid",
+            "unique_percent": "unique",
             "novel_percent": "novel", "cov_recall_percent": "cov_r", "cov_precision_percent": "cov_p",
             "wdist_density_g_per_cm3": "d_rho", "wdist_num_elements": "d_elem", "structures_per_s": "per_s"}
     parts = []
@@ -186,10 +191,11 @@ def headline(prefix: str, values: dict[str, Any]) -> list[str]:
 
 def run_dataset(dataset: str, generated: list[StructureBatch], reference: StructureBatch, training: StructureBatch,
                 throughput: dict[str, float], cache: FingerprintCache, workdir: Path, n_samples: int,
-                reconstruction: dict | None) -> dict[str, dict[str, Any]]:
+                reconstruction: dict | None, scaler: FeatureScaler | None) -> dict[str, dict[str, Any]]:
     batch = StructureBatch.concatenate(generated)
     metrics, seconds = timed(evaluate_generation, batch, reference, training,
-                             {"dataset": dataset, "max_samples": n_samples}, fingerprint_cache=cache, progress=True)
+                             {"dataset": dataset, "max_samples": n_samples}, composition_scaler=scaler,
+                             fingerprint_cache=cache, progress=True)
     cache.save()
     metrics.reconstruction = reconstruction
     files = write_outputs(metrics, workdir, prefix=f"{dataset}_")
@@ -208,6 +214,10 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="~1-minute training smoke run (numbers meaningless)")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/battgen-generators-benchmark"))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--scaler", choices=["mp20", "reference"], default="mp20",
+                        help="Magpie scaler: fitted on MP-20 mini (CDVAE-equivalent) or on each test set")
+    parser.add_argument("--datasets", nargs="+", choices=["perov_5", "mp20"], default=["perov_5", "mp20"],
+                        help="run one half only (perov_5: CDVAE, mp20: crystal LM; each with the baselines)")
     parser.add_argument("--skip", choices=["cdvae", "llm"], action="append", default=[],
                         help="leave a trained generator out (its dataset still runs the baselines)")
     args = parser.parse_args()
@@ -226,76 +236,83 @@ def main() -> None:
     print(f"workdir {workdir}; budgets: CDVAE {args.cdvae_minutes:g} min, LM {args.llm_minutes:g} min, "
           f"{args.n_samples} samples each; fingerprint cache holds {len(cache)} structures")
     headlines: list[str] = []
+    mp20_all, _ = read_mp20_csv(data / "mp20_mini_slices" / "raw_mp20_dataset_mini.csv")
+    scaler = None
+    if args.scaler == "mp20":
+        scaler = FeatureScaler.from_compositions([s.composition for s in mp20_all.structures],
+                                                 fitted_on=f"MP-20 mini ({len(mp20_all)} rows)")
 
     # --- perov-5: CDVAE ----------------------------------------------------------------------------------
-    perov_train, _ = read_mp20_csv(data / "cdvae_perov_5" / "val.csv", max_rows=max_rows)
-    perov_test, _ = read_mp20_csv(data / "cdvae_perov_5" / "test.csv", max_rows=max_reference_rows)
-    perov_train.write(workdir / "perov5_val.jsonl.gz")
-    generated, throughput = [], {}
-    training = perov_train
-    reconstruction = None
-    if "cdvae" not in args.skip:
-        result, seconds = train("cdvae", "perov5_val.jsonl.gz", "cdvae_model",
-                                cdvae_hyperparameters(args.quick, args.cdvae_minutes),
-                                {"fractions": [0.9, 0.1, 0.0], "seed": args.seed}, workdir, args.seed)
-        print(f"CDVAE trained in {seconds / 60:.1f} min: {result['training'].get('stopped_because')}, "
-              f"{result['training'].get('steps')} steps, metrics {result['metrics']}")
-        model_dir = workdir / result["model"]
-        training = split_rows(perov_train, model_dir, "train")
-        samples, seconds, _ = sample("cdvae", model_dir, args.n_samples, {"batch_size": 250}, args.seed)
-        throughput["cdvae"] = len(samples) / seconds
-        generated.append(samples)
-        if args.n_reconstruct:
-            originals = perov_test.select([i < args.n_reconstruct for i in range(len(perov_test))])
-            generator = load_generator("cdvae", model=model_dir)
-            reconstructed, seconds = timed(generator.reconstruct, originals, args.seed)
-            reconstruction = reconstruction_metrics(originals.structures, reconstructed.structures)
-            reconstruction["reconstruction_seconds"] = round(seconds, 1)
-    substitution, seconds = timed(substitution_structures, training, args.n_samples, args.seed, 60)
-    throughput["substitution"] = len(substitution) / seconds
-    random_rows, seconds = timed(random_structures, training, args.n_samples, args.seed)
-    throughput["random"] = len(random_rows) / seconds
-    results = run_dataset("perov_5", [*generated, substitution, random_rows], perov_test, training, throughput,
-                          cache, workdir, args.n_samples, reconstruction)
-    for name, values in results.items():
-        headlines += headline(f"perov5_{name}", values)
-    if reconstruction:
-        headlines.append(f"perov5_cdvae_recon_match={reconstruction['reconstruction_match_percent']:.4g}")
+    if "perov_5" in args.datasets:
+        perov_train, _ = read_mp20_csv(data / "cdvae_perov_5" / "val.csv", max_rows=max_rows)
+        perov_test, _ = read_mp20_csv(data / "cdvae_perov_5" / "test.csv", max_rows=max_reference_rows)
+        perov_train.write(workdir / "perov5_val.jsonl.gz")
+        generated, throughput = [], {}
+        training = perov_train
+        reconstruction = None
+        if "cdvae" not in args.skip:
+            result, seconds = train("cdvae", "perov5_val.jsonl.gz", "cdvae_model",
+                                    cdvae_hyperparameters(args.quick, args.cdvae_minutes),
+                                    {"fractions": [0.9, 0.1, 0.0], "seed": args.seed}, workdir, args.seed)
+            print(f"CDVAE trained in {seconds / 60:.1f} min: {result['training'].get('stopped_because')}, "
+                  f"{result['training'].get('steps')} steps, metrics {result['metrics']}")
+            model_dir = workdir / result["model"]
+            training = split_rows(perov_train, model_dir, "train")
+            samples, seconds, _ = sample("cdvae", model_dir, args.n_samples, {"batch_size": 250}, args.seed)
+            throughput["cdvae"] = len(samples) / seconds
+            generated.append(samples)
+            if args.n_reconstruct:
+                originals = perov_test.select([i < args.n_reconstruct for i in range(len(perov_test))])
+                generator = load_generator("cdvae", model=model_dir)
+                reconstructed, seconds = timed(generator.reconstruct, originals, args.seed)
+                reconstruction = reconstruction_metrics(originals.structures, reconstructed.structures)
+                reconstruction["reconstruction_seconds"] = round(seconds, 1)
+        substitution, seconds = timed(substitution_structures, training, args.n_samples, args.seed, 60)
+        throughput["substitution"] = len(substitution) / seconds
+        random_rows, seconds = timed(random_structures, training, args.n_samples, args.seed)
+        throughput["random"] = len(random_rows) / seconds
+        results = run_dataset("perov_5", [*generated, substitution, random_rows], perov_test, training, throughput,
+                              cache, workdir, args.n_samples, reconstruction, scaler)
+        for name, values in results.items():
+            headlines += headline(f"perov5_{name}", values)
+        if reconstruction:
+            headlines.append(f"perov5_cdvae_recon_match={reconstruction['reconstruction_match_percent']:.4g}")
 
     # --- MP-20 mini: crystal LM ---------------------------------------------------------------------------
-    mp20, _ = read_mp20_csv(data / "mp20_mini_slices" / "raw_mp20_dataset_mini.csv", max_rows=max_rows)
-    mp20.write(workdir / "mp20_mini.jsonl.gz")
-    generated, throughput = [], {}
-    split = {"fractions": [0.6, 0.2, 0.2], "seed": args.seed}
-    if "llm" not in args.skip:
-        result, seconds = train("llm", "mp20_mini.jsonl.gz", "llm_model", llm_hyperparameters(args.quick, args.llm_minutes),
-                                split, workdir, args.seed)
-        print(f"crystal LM trained in {seconds / 60:.1f} min: {result['training'].get('stopped_because')}, "
-              f"metrics {result['metrics']}")
-        model_dir = workdir / result["model"]
-        samples, seconds, generator = sample("llm", model_dir, args.n_samples, {"task": "unconditional"}, args.seed)
-        throughput["llm"] = len(samples) / seconds
-        stats = getattr(generator, "last_run_stats", {})
-        print(f"crystal LM: {len(samples)} structures parsed from {stats.get('n_sampled')} samples in {seconds:.0f} s "
-              f"(failures {stats.get('failures')}); metrics below are over the parsed structures")
-        headlines.append(f"mp20_llm_parse_rate={stats.get('parse_rate') or 0:.4g}")
-        generated.append(samples)
-        mp20_train, mp20_test = split_rows(mp20, model_dir, "train"), split_rows(mp20, model_dir, "test")
-    else:
-        from battgen.generate.dataset import split_batch
+    if "mp20" in args.datasets:
+        mp20 = mp20_all.select([max_rows is None or i < max_rows for i in range(len(mp20_all))])
+        mp20.write(workdir / "mp20_mini.jsonl.gz")
+        generated, throughput = [], {}
+        split = {"fractions": [0.6, 0.2, 0.2], "seed": args.seed}
+        if "llm" not in args.skip:
+            result, seconds = train("llm", "mp20_mini.jsonl.gz", "llm_model",
+                                    llm_hyperparameters(args.quick, args.llm_minutes), split, workdir, args.seed)
+            print(f"crystal LM trained in {seconds / 60:.1f} min: {result['training'].get('stopped_because')}, "
+                  f"metrics {result['metrics']}")
+            model_dir = workdir / result["model"]
+            samples, seconds, generator = sample("llm", model_dir, args.n_samples, {"task": "unconditional"}, args.seed)
+            throughput["llm"] = len(samples) / seconds
+            stats = getattr(generator, "last_run_stats", {})
+            print(f"crystal LM: {len(samples)} structures parsed from {stats.get('n_sampled')} samples in {seconds:.0f} s "
+                  f"(failures {stats.get('failures')}); metrics below are over the parsed structures")
+            headlines.append(f"mp20_llm_parse_rate={stats.get('parse_rate') or 0:.4g}")
+            generated.append(samples)
+            mp20_train, mp20_test = split_rows(mp20, model_dir, "train"), split_rows(mp20, model_dir, "test")
+        else:
+            from battgen.generate.dataset import split_batch
 
-        parts = split_batch(mp20, tuple(split["fractions"]), split["seed"])  # the split train-generator draws
-        mp20_train, mp20_test = parts.train, parts.test
-    substitution, seconds = timed(substitution_structures, mp20_train, args.n_samples, args.seed, 60)
-    throughput["substitution"] = len(substitution) / seconds
-    random_rows, seconds = timed(random_structures, mp20_train, args.n_samples, args.seed)
-    throughput["random"] = len(random_rows) / seconds
-    results = run_dataset("mp20", [*generated, substitution, random_rows], mp20_test, mp20_train, throughput,
-                          cache, workdir, args.n_samples, None)
-    for name, values in results.items():
-        headlines += headline(f"mp20_{name}", values)
-    if "llm" not in args.skip and "llm" not in results:
-        headlines.append("mp20_llm_n=0")  # nothing parsed: no metrics to show
+            parts = split_batch(mp20, tuple(split["fractions"]), split["seed"])  # the split train-generator draws
+            mp20_train, mp20_test = parts.train, parts.test
+        substitution, seconds = timed(substitution_structures, mp20_train, args.n_samples, args.seed, 60)
+        throughput["substitution"] = len(substitution) / seconds
+        random_rows, seconds = timed(random_structures, mp20_train, args.n_samples, args.seed)
+        throughput["random"] = len(random_rows) / seconds
+        results = run_dataset("mp20", [*generated, substitution, random_rows], mp20_test, mp20_train, throughput,
+                              cache, workdir, args.n_samples, None, scaler)
+        for name, values in results.items():
+            headlines += headline(f"mp20_{name}", values)
+        if "llm" not in args.skip and "llm" not in results:
+            headlines.append("mp20_llm_n=0")  # nothing parsed: no metrics to show
     print(" ".join(headlines + [f"quick={str(args.quick).lower()}"]))
 
 
