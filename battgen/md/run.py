@@ -287,7 +287,10 @@ def _thermostat_state(dyn) -> dict[str, Any]:
 
 def _conserved_energy(dyn, atoms: Atoms) -> float:
     if isinstance(dyn, NoseHooverChainNVT):
-        return float(dyn.get_conserved_energy())
+        # As NoseHooverChainNVT.get_conserved_energy, but with the plain potential energy: MLIP calculators
+        # (CHGNet) do not implement the force-consistent free_energy it asks for.
+        return float(atoms.get_potential_energy() + atoms.get_kinetic_energy()
+                     + dyn._thermostat.get_thermostat_energy())
     if isinstance(dyn, Bussi):
         return float(atoms.get_total_energy() - dyn.transferred_energy)
     return float("nan")  # Langevin and Berendsen have no conserved quantity

@@ -211,3 +211,23 @@ def test_lgps_reference_conductivity(shared_data):
     ours = nernst_einstein_conductivity_mS_per_cm(
         analyzer.diffusivity, int(structure.composition["Li"]), structure.volume, 1, analyzer.temperature)
     assert ours == pytest.approx(74.165, rel=1e-4)
+
+
+@pytest.mark.slow
+def test_short_chgnet_md_of_li3n_gives_positive_finite_diffusivity(tmp_path):
+    """Li3N (fast Li conductor), 16-atom cell with one Li vacancy, 200 fs NVT at 1000 K with CHGNet."""
+    li3n = Structure.from_spacegroup("P6/mmm", Lattice.hexagonal(3.648, 3.875), ["N", "Li", "Li"],
+                                     [[0, 0, 0], [0, 0, 0.5], [1 / 3, 2 / 3, 0]])
+    li3n.make_supercell([2, 2, 1])
+    li3n.to(filename=str(tmp_path / "structure.json"))
+    config = dict(mlip="chgnet", temperature_K=1000.0, timestep_fs=2.0, npt_time_ps=0.0, nvt_time_ps=0.2,
+                  working_ion="Li", vacancy_count=1, sample_every=2, chunk_steps=50, progress=False)
+    outputs = run_md_command(config, tmp_path)
+    summary = outputs["md_summary"]
+    assert summary["status"] == "completed" and summary["steps_done"] == 100
+    assert summary["model"]["name"] == "chgnet" and summary["model"]["package_version"] == "0.4.2"
+    assert summary["setup"]["n_atoms"] == 15
+    frames = load_frames(tmp_path, phase="nvt")
+    result = analyze_frames(frames, "Li", 1000.0, summary["sample_interval_fs"], uncertainty="none")
+    assert math.isfinite(result["diffusivity_cm2_per_s"]) and result["diffusivity_cm2_per_s"] > 0
+    assert result["smoothing"] == "constant" and "short_run" in result["flags"]  # 0.2 ps < the 1 ps minimum lag
