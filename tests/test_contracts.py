@@ -35,7 +35,10 @@ def test_science_layer_imports_no_aiida():
     modules = _modules_after_import(
         "import battgen, battgen.batch, battgen.cli, battgen.select, battgen.report, battgen.screen.pipeline, "
         "battgen.generate.substitution, battgen.sources.files, battgen.sources.builtin_hosts, "
-        "battgen.sources.materials_project, battgen.stability.hull, battgen.mlip.relax"
+        "battgen.sources.materials_project, battgen.stability.hull, battgen.mlip.relax, battgen.models, "
+        "battgen.generate.training, battgen.generate.cdvae, battgen.generate.llm, battgen.evaluate.metrics, "
+        "battgen.predictors.training, battgen.predictors.voltage_cgcnn, battgen.predictors.descriptor_cnn, "
+        "battgen.electrochem.capacity, battgen.stability.predicted"
     )
     assert not [m for m in modules if m == "aiida" or m.startswith("aiida.")]
 
@@ -43,7 +46,11 @@ def test_science_layer_imports_no_aiida():
 def test_aiida_layer_imports_no_torch():
     modules = _modules_after_import(
         "import aiida_battgen.workchains.discovery, aiida_battgen.calculations.relax, aiida_battgen.parsers.relax, "
-        "aiida_battgen.cli, aiida_battgen.tools.lineage, aiida_battgen.tools.demo"
+        "aiida_battgen.cli, aiida_battgen.tools.lineage, aiida_battgen.tools.demo, aiida_battgen.workchains.training, "
+        "aiida_battgen.workchains.generator, aiida_battgen.workchains.predict, aiida_battgen.workchains.property_screen, "
+        "aiida_battgen.parsers.training, aiida_battgen.parsers.generator, aiida_battgen.parsers.predict, "
+        "aiida_battgen.calculations.functions.predict_properties, aiida_battgen.calculations.functions.capacity, "
+        "aiida_battgen.calculations.functions.predicted_energy_above_hull"
     )
     assert "torch" not in modules
 

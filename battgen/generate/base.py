@@ -7,6 +7,7 @@ short name), ``parent_row_id`` (the seed row it came from, or None) and generato
 
 from __future__ import annotations
 
+import json
 from abc import ABC, abstractmethod
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -134,7 +135,9 @@ def run_generate_command(config: dict[str, Any], workdir: Path) -> dict[str, Any
     except (UnknownGeneratorError, BatchFormatError, ValueError, TypeError, OSError) as exc:
         raise InvalidInputError(str(exc)) from exc
     generated.write(workdir / output)
+    run_stats = getattr(generator, "last_run_stats", None)  # e.g. the language model's parse failures
     return {
+        **({"run_stats": json.loads(json.dumps(run_stats, default=float))} if run_stats else {}),
         "generated": output,
         "generator": generator.name,
         "n_seeds": len(seeds),

@@ -17,6 +17,10 @@ from smact.screening import smact_validity
 CDVAE_OXIDATION_STATES_SET = "smact14"
 NO_NEUTRAL_COMBINATION = "SMACT: no charge-neutral oxidation-state combination"
 FAILS_PAULING = "SMACT: charge-neutral combinations all fail the Pauling electronegativity test"
+# SMACT enumerates every product of oxidation states: beyond ~8 elements that takes hours (seen with
+# language-model output of 14 elements). No MP-20 / TMO training structure has more than 7 elements.
+MAX_SMACT_ELEMENTS = 8
+TOO_MANY_ELEMENTS = f"SMACT: more than {MAX_SMACT_ELEMENTS} elements (not enumerated)"
 
 
 @lru_cache(maxsize=65536)
@@ -26,6 +30,8 @@ def _cached_reason(
     include_alloys: bool,
     oxidation_states_set: str | None,
 ) -> str | None:
+    if len(reduced_counts) > MAX_SMACT_ELEMENTS:
+        return TOO_MANY_ELEMENTS
     composition = Composition(dict(reduced_counts))
     kwargs = {"include_alloys": include_alloys, "oxidation_states_set": oxidation_states_set}
     if smact_validity(composition, use_pauling_test=use_pauling_test, **kwargs):

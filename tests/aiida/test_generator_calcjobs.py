@@ -124,3 +124,22 @@ def test_substitution_through_the_generate_calcjob_feeds_screening(battgen_code,
     screened = screen_validity(structures=generated)
     assert screened["passed"].n_rows + screened["rejected"].n_rows == generated.n_rows
 
+
+
+def test_evaluate_generation_calcfunction(small_batch):
+    """A generated set identical to the reference: 100 % coverage, zero distances, no novel rows; the
+    table and figure are stored beside the metrics."""
+    from aiida_battgen.calculations.functions.evaluate_generation import evaluate_generation
+
+    generated = small_batch.with_columns(generator=["substitution"] * len(small_batch))
+    node_batch = StructureBatchData(generated)
+    outputs = evaluate_generation(node_batch, reference=StructureBatchData(small_batch),
+                                  training=StructureBatchData(small_batch), parameters=orm.Dict({"dataset": "mp20"}))
+    overall = outputs["metrics"]["overall"]
+    assert overall["cov_recall_percent"] == pytest.approx(100.0) and overall["cov_precision_percent"] == pytest.approx(100.0)
+    assert overall["novel_percent"] == pytest.approx(0.0)
+    assert overall["wdist_density_g_per_cm3"] == pytest.approx(0.0, abs=1e-12)
+    assert "substitution" in outputs["table"].get_content()
+    assert outputs["figure"].filename.endswith(".png")
+    _, node = run_get_node(evaluate_generation, generated=node_batch, parameters=orm.Dict({"no_such_key": 1}))
+    assert node.exit_status == 321

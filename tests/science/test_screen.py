@@ -8,7 +8,7 @@ from pymatgen.core import Lattice, Structure
 
 from battgen.batch import StructureBatch
 from battgen.cli import EXIT_INVALID_INPUT, EXIT_OK, run_command
-from battgen.screen.charge import FAILS_PAULING, NO_NEUTRAL_COMBINATION, charge_neutrality_reason
+from battgen.screen.charge import FAILS_PAULING, NO_NEUTRAL_COMBINATION, TOO_MANY_ELEMENTS, charge_neutrality_reason
 from battgen.screen.novelty import (
     MatchIndex,
     find_duplicates,
@@ -70,6 +70,17 @@ def test_smact_pauling_failure_is_named():
     assert charge_neutrality_reason("Na2Cl") == FAILS_PAULING
     assert charge_neutrality_reason("Na2Cl", use_pauling_test=False) is None
     assert charge_neutrality_reason("KNa") is None
+
+
+def test_smact_refuses_to_enumerate_many_element_compositions_quickly():
+    """A 14-element composition (seen in language-model output) would take SMACT hours; it is rejected
+    at once with its own reason, while a 7-element oxide is still enumerated."""
+    import time
+
+    started = time.perf_counter()
+    assert charge_neutrality_reason("LiNaKMgCaSrBaAlGaInTiVCrO20") == TOO_MANY_ELEMENTS
+    assert time.perf_counter() - started < 1.0
+    assert charge_neutrality_reason("LiNaMgAlTiFeO6") != TOO_MANY_ELEMENTS
 
 
 # --- uniqueness and novelty: identical to naive pairwise fit ---------------------------------------------
