@@ -94,8 +94,8 @@ DEFAULT_HYPERPARAMETERS: dict[str, Any] = {
 DEFAULT_MAX_FORCE_EV_A = 100.0
 
 _CONFIG_KEYS = {
-    "frames", "frame_selection", "every_n", "max_force_eV_A", "split", "hyperparameters", "compile", "initial_model", "output",
-    "seed", "resume_from",
+    "frames", "frame_selection", "every_n", "max_force_eV_A", "split", "hyperparameters", "compile", "initial_model",
+    "output", "seed", "resume_from",
 }
 _SPLIT_KEYS = {"val_fraction", "seed"}
 
@@ -378,13 +378,15 @@ def _compiled_model_path(model_path: str | Path) -> Path:
 
 def load_nequip(model_path: str | Path, device: str = "cpu") -> tuple[Any, MlipInfo]:
     """A compiled NequIP model (a battgen model directory or a ``.nequip.pt2`` file) as an ASE calculator."""
-    from nequip.ase import NequIPCalculator
     from nequip.data.transforms import ChemicalSpeciesToAtomTypeMapper
+    from nequip.integrations.ase import NequIPCalculator  # nequip.ase.NequIPCalculator is deprecated in 0.19
 
     path = _compiled_model_path(model_path)
-    calculator = NequIPCalculator.from_compiled_model(str(path), device=device)
-    # Our models map each element to a type of the same name; the mapper built from the model's metadata
-    # holds them (reading the metadata again would load the compiled library a second time).
+    # Our type names are the element symbols (the training config's chemical_species): identity map.
+    calculator = NequIPCalculator.from_compiled_model(str(path), device=device,
+                                                      chemical_species_to_atom_type_map=True)
+    # The mapper built from the model's metadata holds the type names (reading the metadata again would
+    # load the compiled library a second time).
     type_names = [
         name for transform in calculator.transforms if isinstance(transform, ChemicalSpeciesToAtomTypeMapper)
         for name in transform.model_type_names
@@ -412,7 +414,8 @@ def _merged_hyperparameters(given: dict[str, Any] | None) -> dict[str, Any]:
     if isinstance(features, int):
         features = [features] * (int(hyperparameters["l_max"]) + 1)
     if len(features) != int(hyperparameters["l_max"]) + 1:
-        raise ValueError(f"num_features {features} needs one multiplicity per l = 0..{hyperparameters['l_max']} (l_max)")
+        l_max = hyperparameters["l_max"]
+        raise ValueError(f"num_features {features} needs one multiplicity per l = 0..l_max ({l_max})")
     hyperparameters["num_features"] = [int(n) for n in features]
     for key in ("num_layers", "batch_size", "max_epochs"):
         value = hyperparameters[key]

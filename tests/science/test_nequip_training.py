@@ -5,8 +5,10 @@ The "DFT" frames are EMT relaxations of rattled Cu cells (ASE's deterministic st
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -76,8 +78,9 @@ def trained(tmp_path_factory):
 
 
 def test_seed002_architecture_is_the_default_config():
-    config = build_nequip_config(DEFAULT_HYPERPARAMETERS, __import__("pathlib").Path("f.extxyz"), ["Mg", "O"],
-                                 9, 1, __import__("pathlib").Path("ckpt"), __import__("pathlib").Path("logs"))
+    config = build_nequip_config(
+        DEFAULT_HYPERPARAMETERS, Path("f.extxyz"), ["Mg", "O"], 9, 1, Path("ckpt"), Path("logs")
+    )
     model = config["training_module"]["model"]
     assert (model["num_layers"], model["l_max"], model["num_features"], model["parity"]) == (4, 2, [128, 64, 32], False)
     assert config["cutoff_radius"] == 5.0
@@ -90,6 +93,20 @@ def test_seed002_architecture_is_the_default_config():
     assert config["model_type_names"] == ["Mg", "O"]
 
 
+def test_wall_time_budget_and_initial_model_go_to_lightning_and_nequip():
+    hyperparameters = {**DEFAULT_HYPERPARAMETERS, "max_wall_time_s": 90}
+    config = build_nequip_config(hyperparameters, Path("f.extxyz"), ["Li"], 9, 1, Path("ckpt"), Path("logs"),
+                                 initial_model=Path("/models/earlier.ckpt"))
+    # Lightning's Trainer(max_time={"seconds": ...}) stops training and still writes the checkpoints.
+    assert config["trainer"]["max_time"] == {"seconds": 90.0}
+    assert config["training_module"]["model"] == {
+        "_target_": "nequip.model.ModelFromCheckpoint", "checkpoint_path": "/models/earlier.ckpt",
+    }
+    assert "max_time" not in build_nequip_config(
+        DEFAULT_HYPERPARAMETERS, Path("f.extxyz"), ["Li"], 9, 1, Path("ckpt"), Path("logs")
+    )["trainer"]
+
+
 def test_training_writes_a_potential_model_directory_with_validation_maes(trained):
     workdir, summary, _ = trained
     model_dir = workdir / "model"
@@ -100,7 +117,7 @@ def test_training_writes_a_potential_model_directory_with_validation_maes(traine
     assert (training["n_frames"], training["n_train"], training["n_val"]) == (18, 14, 4)
     assert training["n_trajectories"] == 3 and training["chemical_species"] == ["Cu"]
     frames_file = workdir / training["frames_file"]
-    assert training["frames_sha256"] == __import__("hashlib").sha256(frames_file.read_bytes()).hexdigest()
+    assert training["frames_sha256"] == hashlib.sha256(frames_file.read_bytes()).hexdigest()
     assert len(read(frames_file, ":")) == 18
     metrics = manifest["metrics"]
     assert metrics["epochs_trained"] == 2
@@ -141,7 +158,7 @@ def test_fine_tuning_starts_from_the_earlier_model(trained):
     config["hyperparameters"]["max_epochs"] = 1
     summary = run_train_potential_command(config, workdir)
     best = workdir / "model" / "checkpoints" / "best.ckpt"
-    assert summary["training"]["initial_model_sha256"] == __import__("hashlib").sha256(best.read_bytes()).hexdigest()
+    assert summary["training"]["initial_model_sha256"] == hashlib.sha256(best.read_bytes()).hexdigest()
     log = (workdir / "finetuned.run" / "nequip-train.log").read_text()
     assert "Loading model from checkpoint file" in log
     assert yaml.safe_load((workdir / "finetuned" / CONFIG_FILENAME).read_text())["training_module"]["model"][
