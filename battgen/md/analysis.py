@@ -184,8 +184,8 @@ def kinisi_diffusivity(frames_atoms: list, ion: str, sample_interval_fs: float, 
     intervals = np.arange(1, n_frames, stride) * sample_interval_fs
     analyzer = KinisiDiffusionAnalyzer.from_ase(
         frames_atoms, specie=ion, time_step=sc.scalar(float(sample_interval_fs), unit="fs"),
-        step_skip=sc.scalar(1, unit=sc.units.dimensionless), dt=sc.array(dims=["time interval"], values=intervals,
-                                                                           unit="fs"),
+        step_skip=sc.scalar(1, unit=sc.units.dimensionless),
+        dt=sc.array(dims=["time interval"], values=intervals, unit="fs"),
         progress=False,
     )
     start = float(min(max(start_dt_fs, intervals[0]), intervals[len(intervals) // 2]))
@@ -240,7 +240,8 @@ def analyze_frames(
     ion_indices = [i for i, site in enumerate(structure) if site.specie.symbol == ion]
     if not ion_indices:
         raise ValueError(f"no {ion} in the trajectory")
-    analyzer, used = build_diffusion_analyzer(structure, displacements, ion, temperature_K, sample_interval_fs, smoothed)
+    analyzer, used = build_diffusion_analyzer(structure, displacements, ion, temperature_K, sample_interval_fs,
+                                              smoothed)
     z = float(charge) if charge is not None else float(ion_charge(ion))
     volume = float(np.mean(np.abs(np.linalg.det(cells))))
     diffusivity = float(analyzer.diffusivity)

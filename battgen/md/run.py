@@ -179,7 +179,8 @@ def validate_md_config(config: dict[str, Any]) -> dict[str, Any]:
             raise InvalidInputError(f"{key} must be one of {list(allowed)}, got {settings[key]!r}")
     if settings["supercell_min_atoms"] is not None:
         settings["supercell_min_atoms"] = _integer(settings, "supercell_min_atoms")
-    if (settings["vacancy_fraction"] is not None or settings["vacancy_count"] is not None) and not settings["working_ion"]:
+    wants_vacancies = settings["vacancy_fraction"] is not None or settings["vacancy_count"] is not None
+    if wants_vacancies and not settings["working_ion"]:
         raise InvalidInputError("vacancy_fraction / vacancy_count need working_ion")
     if settings["vacancy_fraction"] is not None:
         fraction = _number(settings, "vacancy_fraction", allow_zero=True)
@@ -470,7 +471,8 @@ def run_md(
                 break
 
             _atomic_write_bytes_npz(
-                chunk_path(workdir, state["next_chunk"]), numbers=atoms.numbers, phase=np.array([phase] * len(rows["step"])),
+                chunk_path(workdir, state["next_chunk"]), numbers=atoms.numbers,
+                phase=np.array([phase] * len(rows["step"])),
                 **{key: np.asarray(values) for key, values in rows.items()},
             )
             state["step"] += n_steps
@@ -521,10 +523,14 @@ def summarize_md(workdir: Path, state: dict[str, Any]) -> dict[str, Any]:
         summary[phase] = {
             "n_frames": int(len(frames["step"])),
             "time_ps": float(frames["phase_time_fs"][-1] / 1000.0),
-            "mean_temperature_K": float(np.mean(frames["temperature_K"][1:] if len(frames["step"]) > 1 else frames["temperature_K"])),
-            "mean_pressure_GPa": float(np.nanmean(frames["pressure_GPa"])) if np.isfinite(frames["pressure_GPa"]).any() else None,
+            # The first frame of a phase is its starting point, not yet thermalised by this phase.
+            "mean_temperature_K": float(np.mean(frames["temperature_K"][1:] if len(frames["step"]) > 1
+                                                else frames["temperature_K"])),
+            "mean_pressure_GPa": (float(np.nanmean(frames["pressure_GPa"]))
+                                  if np.isfinite(frames["pressure_GPa"]).any() else None),
             "mean_volume_A3": float(volumes.mean()),
-            "energy_drift_eV_per_atom_per_ps": energy_drift_eV_per_atom_per_ps(frames["phase_time_fs"], energy, n_atoms),
+            "energy_drift_eV_per_atom_per_ps": energy_drift_eV_per_atom_per_ps(
+                frames["phase_time_fs"], energy, n_atoms),
             "energy_drift_quantity": "conserved_energy" if use_conserved else "total_energy",
         }
     return summary

@@ -73,8 +73,10 @@ def conventional_cell(structure: Structure, symprec: float = 0.01) -> Structure:
         conventional = SpacegroupAnalyzer(structure, symprec=symprec).get_conventional_standard_structure()
     except Exception:  # noqa: BLE001 - symmetry detection is a convenience here, not a requirement
         return structure
-    same_density = abs(conventional.volume / len(conventional) - structure.volume / len(structure)) < 1e-6 * structure.volume
-    return conventional if same_density and conventional.composition.reduced_formula == structure.composition.reduced_formula else structure
+    per_atom = structure.volume / len(structure)
+    same_density = abs(conventional.volume / len(conventional) - per_atom) < 1e-6 * per_atom
+    same_formula = conventional.composition.reduced_formula == structure.composition.reduced_formula
+    return conventional if same_density and same_formula else structure
 
 
 def make_supercell(

@@ -83,7 +83,8 @@ def test_restart_continues_the_same_trajectory(tmp_path, copper_cell, thermostat
     resumed = run_md(copper_cell, EMT(), settings, tmp_path / "killed")
     assert resumed["status"] == "completed" and resumed["step"] == 60
     a, b = load_frames(tmp_path / "full"), load_frames(tmp_path / "killed")
-    assert np.array_equal(a["step"], b["step"]) and len(a["step"]) == 5 + 9  # NPT frames 0..20, NVT 20..60 every 5 steps
+    # NPT frames at steps 0..20, NVT frames at 20..60, every 5 steps.
+    assert np.array_equal(a["step"], b["step"]) and len(a["step"]) == 5 + 9
     # Identical up to force round-off (a fresh EMT neighbour list sums in a different order): 1e-10 Å.
     np.testing.assert_allclose(b["positions_A"], a["positions_A"], rtol=0, atol=1e-10)
     np.testing.assert_allclose(b["conserved_energy_eV"], a["conserved_energy_eV"], rtol=0, atol=1e-9, equal_nan=True)
