@@ -43,13 +43,15 @@ COMMANDS: dict[str, str] = {
     "train-predictor": "battgen.predictors.training:run_train_predictor_command",
     "predict": "battgen.predictors.training:run_predict_command",
     "train-potential": "battgen.mlip.nequip_training:run_train_potential_command",
+    "md": "battgen.md.run:run_md_command",
+    "diffusion": "battgen.md.analysis:run_diffusion_command",
     "query-mp": "battgen.sources.materials_project:run_query_command",
     "hull": "battgen.stability.hull:run_hull_command",
 }
 
 # Packages whose versions go into every summary (those not installed are skipped).
 _VERSIONED_PACKAGES = ("pymatgen", "ase", "numpy", "smact", "torch", "chgnet", "sevenn", "matgl", "mp-api",
-                       "transformers", "peft", "torch-geometric", "nequip", "alignn")
+                       "transformers", "peft", "torch-geometric", "nequip", "alignn", "pymatgen-analysis-diffusion", "kinisi")
 
 
 # Config keys whose values never go into a summary file (secrets belong in the environment).

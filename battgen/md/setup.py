@@ -79,6 +79,9 @@ def conventional_cell(structure: Structure, symprec: float = 0.01) -> Structure:
     return conventional if same_density and same_formula else structure
 
 
+CUBICITY_TOLERANCE = 0.05  # cubicity a smaller supercell may give up
+
+
 def make_supercell(
     structure: Structure, min_atoms: int = DEFAULT_MIN_ATOMS, extra_sizes: int = DEFAULT_EXTRA_SIZES,
 ) -> tuple[Structure, SupercellRecord]:
@@ -93,7 +96,7 @@ def make_supercell(
     n_sites = len(structure)
     smallest = max(1, math.ceil(min_atoms / n_sites))
     matrix = structure.lattice.matrix
-    best: tuple[float, int, np.ndarray] | None = None
+    candidates: list[tuple[float, int, np.ndarray]] = []
     for n_cells in range(smallest, smallest + extra_sizes + 1):
         if n_cells == 1:
             candidate = np.eye(3, dtype=int)
@@ -103,16 +106,16 @@ def make_supercell(
             continue
         if np.linalg.det(candidate) < 0:  # keep a right-handed cell
             candidate = -candidate
-        score = cubicity(candidate @ matrix)
-        # Prefer more cubic; among (nearly) equally cubic cells, the smaller one.
-        if best is None or score > best[0] + 1e-3:
-            best = (score, n_cells, candidate)
-        if score > 0.999:
+        candidates.append((cubicity(candidate @ matrix), n_cells, candidate))
+        if candidates[-1][0] > 0.999:
             break
     diagonal = naive_diagonal_multiplier(n_sites, min_atoms)
     diagonal_matrix = np.diag([diagonal] * 3)
-    if best is None or cubicity(diagonal_matrix @ matrix) > best[0] + 1e-3:
-        best = (cubicity(diagonal_matrix @ matrix), diagonal**3, diagonal_matrix)
+    candidates.append((cubicity(diagonal_matrix @ matrix), diagonal**3, diagonal_matrix))
+    # The smallest cell within CUBICITY_TOLERANCE of the most cubic one: a perfect cube is not worth 50 %
+    # more atoms (Li2O at 512 would become 768 atoms and ~13 GB with CHGNet).
+    best_score = max(score for score, _, _ in candidates)
+    best = min((c for c in candidates if c[0] >= best_score - CUBICITY_TOLERANCE), key=lambda c: (c[1], -c[0]))
     supercell = structure.copy()
     supercell.make_supercell(best[2])
     widths_matrix = supercell.lattice.matrix
