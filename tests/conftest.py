@@ -98,3 +98,14 @@ def small_batch(rocksalt_licl):
         [rocksalt_licl, nacl, strained, si],
         [{"row_id": "licl"}, {"row_id": "nacl"}, {"row_id": "licl-strained"}, {"row_id": "si"}],
     )
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_default_dtype():
+    """NequIP's ASE/global-state setup switches torch's default dtype to float64 process-wide (and other
+    libraries may too); put it back after each test so later models are built in float32 as in production,
+    where every battgen command runs in its own process."""
+    yield
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.get_default_dtype() != torch.float32:
+        torch.set_default_dtype(torch.float32)

@@ -126,3 +126,63 @@ class PredictorTrainCalculation(ModelTrainCalculation):
         "split": (dict, "{fractions: [train, val, test] (default 0.8/0.1/0.1), seed: int, stratify_by: key}"),
     }
     REQUIRED_PARAMETERS = ("predictor", "targets")
+
+
+class PotentialTrainCalculation(ModelTrainCalculation):
+    """Train an interatomic potential (NequIP, seed 002) on DFT frames (``battgen train-potential``); the
+    compiled model becomes a ``battgen.model`` of kind ``potential`` that ``battgen.mlip.md`` can drive."""
+
+    COMMAND = "train-potential"
+    PARSER_NAME = "battgen.mlip.train"
+    FRAMES_DIRNAME = "frames"
+    PARAMETERS_SCHEMA = {
+        "frame_selection": (str, "seed002 (first three + last frame of each trajectory), all or every_n"),
+        "every_n": (int, "with frame_selection every_n: keep every n-th frame (and the last)"),
+        "max_force_eV_A": ((int, float), "drop frames with a larger force component (eV/Å): blown-up steps"),
+        "split": (dict, "{val_fraction, seed}"),
+        "hyperparameters": (dict, "NequIP settings (num_layers, num_features, r_max_A, learning_rate, ...)"),
+        "compile": (bool, "compile the best model with nequip-compile (AOTInductor); default true"),
+        "seed": (int, "random seed of the training run"),
+    }
+
+    @classmethod
+    def define(cls, spec) -> None:
+        super().define(spec)
+        spec.inputs.pop("training_structures")
+        spec.input_namespace("frames", valid_type=(orm.SinglefileData, orm.FolderData), dynamic=True,
+                             help="Training frames: vasprun.xml(.gz), extxyz, mlearn JSON, MP trajectory JSON files "
+                                  "or folders (li_al_mlip layout); energies in eV, forces in eV/Å.")
+        spec.input("initial_model", valid_type=ModelData, required=False,
+                   help="A potential to fine-tune (its weights initialise the training).")
+        spec.inputs["frames"].validator = lambda frames, _: None if frames else "give at least one `frames` input"
+
+    def build_config(self) -> dict[str, Any]:
+        config: dict[str, Any] = {"output": MODEL_DIRNAME, "frames": sorted(self._frame_targets().values())}
+        config.update(self.inputs.parameters.get_dict())
+        if "initial_model" in self.inputs:
+            config["initial_model"] = "initial_model"
+        if "parent_folder" in self.inputs:
+            config["resume_from"] = RESUME_DIRNAME
+        return config
+
+    def _frame_targets(self) -> dict[str, str]:
+        targets = {}
+        for label, node in self.inputs.frames.items():
+            name = node.filename if isinstance(node, orm.SinglefileData) else label
+            targets[label] = f"{self.FRAMES_DIRNAME}/{label}_{name}" if isinstance(node, orm.SinglefileData) \
+                else f"{self.FRAMES_DIRNAME}/{name}"
+        return targets
+
+    def input_files(self) -> list[tuple[str, str, str]]:
+        files = []
+        targets = self._frame_targets()
+        for label, node in self.inputs.frames.items():
+            source = node.filename if isinstance(node, orm.SinglefileData) else ""
+            files.append((node.uuid, source, targets[label]))
+        if "initial_model" in self.inputs:
+            files.append((self.inputs.initial_model.uuid, "", "initial_model"))
+        return files
+
+    def prepare_for_submission(self, folder):
+        folder.get_subfolder(self.FRAMES_DIRNAME, create=True)
+        return super().prepare_for_submission(folder)

@@ -1,4 +1,5 @@
-"""Restart wrappers of the training CalcJobs (``battgen.generator.train_base``, ``battgen.predictor.train_base``):
+"""Restart wrappers of the training CalcJobs (``battgen.generator.train_base``, ``battgen.predictor.train_base``,
+``battgen.mlip.train_base``):
 
 * 410 interrupted after a checkpoint, 120 scheduler walltime, 300/302 outputs lost (a kill before the
   summary was written) -> resubmit with ``parent_folder`` = the killed run's remote folder, so training
@@ -13,7 +14,7 @@ from __future__ import annotations
 from aiida.engine import ProcessHandlerReport, process_handler
 
 from aiida_battgen.calculations.training import (
-    CHECKPOINT_DIRNAME, MODEL_DIRNAME, GeneratorTrainCalculation, PredictorTrainCalculation,
+    CHECKPOINT_DIRNAME, MODEL_DIRNAME, GeneratorTrainCalculation, PotentialTrainCalculation, PredictorTrainCalculation,
 )
 from aiida_battgen.workchains.restart import BattgenRestartWorkChain
 
@@ -64,3 +65,9 @@ class PredictorTrainBaseWorkChain(_TrainBaseWorkChain):
     """Train a property predictor; after a walltime kill or interruption, continue from the last checkpoint."""
 
     _process_class = PredictorTrainCalculation
+
+
+class PotentialTrainBaseWorkChain(_TrainBaseWorkChain):
+    """Train an interatomic potential (NequIP); after a walltime kill, continue from the last checkpoint."""
+
+    _process_class = PotentialTrainCalculation

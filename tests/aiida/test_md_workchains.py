@@ -103,3 +103,43 @@ def test_stability_monitor_reads_the_remote_state(tmp_path, aiida_localhost):
         assert "step 60" in message and "9000 K" in message
         (tmp_path / "md_state.json").write_text(json.dumps({"status": "running"}))
         assert md_calc.md_stability_monitor(node, transport, max_stall_s=-1) is not None  # stalled
+
+
+def test_potential_training_through_the_calcjob(battgen_code, tmp_path):
+    """A tiny NequIP on EMT Cu relaxation frames through PotentialTrainBaseWorkChain: a potential model node
+    whose manifest names the frames it was trained on (the frames themselves stay out of the model)."""
+    pytest.importorskip("nequip")
+    from ase.build import bulk
+    from ase.calculators.emt import EMT
+    from ase.io import write
+    from ase.optimize import BFGS
+
+    from aiida_battgen.workchains.training import PotentialTrainBaseWorkChain
+    from battgen.mlip.frames import make_frame
+
+    frames = []
+    for t in range(3):
+        atoms = bulk("Cu", "fcc", a=3.6, cubic=True)
+        atoms.rattle(0.1, seed=t)
+        atoms.calc = EMT()
+        optimizer = BFGS(atoms, logfile=None)
+        for step in range(6):
+            frames.append(make_frame(atoms, atoms.get_potential_energy(), atoms.get_forces(), atoms.get_stress(),
+                                     trajectory_id=f"emt{t}", frame_index=step))
+            optimizer.step()
+    write(tmp_path / "relaxations.extxyz", frames)
+    builder = PotentialTrainBaseWorkChain.get_builder()
+    builder.train.code = battgen_code
+    builder.train.frames = {"emt": orm.SinglefileData(tmp_path / "relaxations.extxyz")}
+    builder.train.parameters = orm.Dict({
+        "frame_selection": "seed002", "split": {"val_fraction": 0.25, "seed": 1}, "compile": False, "seed": 0,
+        "hyperparameters": {"num_layers": 1, "num_features": [8, 4, 2], "radial_mlp_width": 8, "batch_size": 4,
+                            "max_epochs": 2}})
+    results, node = run_get_node(builder)
+    assert node.is_finished_ok, node.exit_message
+    model = results["model"]
+    assert (model.kind, model.architecture) == ("potential", "nequip")
+    training = results["output_parameters"]["training"]
+    assert training.get("n_frames_selected", training.get("n_frames")) == 12  # first three + last of 3 x 6 frames
+    assert not any(name.endswith(".extxyz") for name in model.base.repository.list_object_names())
+    assert math.isfinite(results["output_parameters"]["metrics"]["val_force_mae_meV_per_A"])

@@ -79,7 +79,7 @@ def test_exit_codes_below_400_invalidate_cache():
         ({"fmax": -1.0}, "'fmax' must be positive"),
         ({"max_steps": 1.5}, "'max_steps' must be int"),
         ({"max_steps": True}, "got a bool"),
-        ({"mlip": "mace"}, "unknown mlip 'mace'; available: chgnet, m3gnet, sevennet"),
+        ({"mlip": "mace"}, "unknown mlip 'mace'; available: chgnet, m3gnet, nequip, sevennet"),
         ({"cell_filter": "unit"}, "cell_filter"),
         ({"optimizer": "SD"}, "optimizer"),
     ],

@@ -48,7 +48,7 @@ def test_load_chgnet_records_hash_version_elements(chgnet):
 def test_load_mlip_resolves_names_and_lists_known_ones(chgnet):
     assert load_mlip("chgnet")[0] is chgnet[0]
     assert load_mlip("battgen.chgnet")[0] is chgnet[0]
-    with pytest.raises(KeyError, match="unknown MLIP 'mace'; available: chgnet, m3gnet, sevennet"):
+    with pytest.raises(KeyError, match="unknown MLIP 'mace'; available: chgnet, m3gnet, nequip, sevennet"):
         load_mlip("mace")
 
 
