@@ -15,6 +15,9 @@ from battgen.batch import BatchFormatError, StructureBatch
 from battgen.cli import EXIT_FAILED, EXIT_INVALID_INPUT, SUMMARY_FILENAME
 
 
+OUT_OF_MEMORY_MARKERS = ("out of memory", "MemoryError", "CUBLAS_STATUS_ALLOC_FAILED")
+
+
 class ParsingError(Exception):
     """Carries the exit code a parsing step ended with (raised and caught inside ``parse``)."""
 
@@ -68,7 +71,11 @@ class BattgenParser(Parser):
         return summary
 
     def classify_failure(self, summary: dict[str, Any]) -> ExitCode | None:
-        """A more specific exit code than 304 for a failed run (e.g. out of memory); None keeps 304."""
+        """A more specific exit code than 304 for a failed run: out of memory (for CalcJobs that define
+        ``ERROR_OUT_OF_MEMORY``, so their restart wrapper can shrink the batch); None keeps 304."""
+        error = str(summary.get("error") or "")
+        if "ERROR_OUT_OF_MEMORY" in self.exit_codes and any(marker in error for marker in OUT_OF_MEMORY_MARKERS):
+            return self.exit_codes.ERROR_OUT_OF_MEMORY.format(error=error[:200])
         return None
 
     def _require(self, filename: str) -> None:

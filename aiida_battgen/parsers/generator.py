@@ -11,17 +11,9 @@ from aiida_battgen.calculations.generator import GENERATED_FILENAME
 from aiida_battgen.data.batch import StructureBatchData
 from aiida_battgen.parsers.base import BattgenParser
 
-OUT_OF_MEMORY_MARKERS = ("out of memory", "MemoryError", "CUBLAS_STATUS_ALLOC_FAILED")
-
 
 class GenerateParser(BattgenParser):
     """Attach the sampled batch and the sampling statistics."""
-
-    def classify_failure(self, summary: dict[str, Any]) -> ExitCode | None:
-        error = str(summary.get("error") or "")
-        if any(marker in error for marker in OUT_OF_MEMORY_MARKERS):
-            return self.exit_codes.ERROR_OUT_OF_MEMORY.format(error=error[:200])
-        return None
 
     def parse_outputs(self, summary: dict[str, Any]) -> ExitCode | None:
         batch = self.read_batch(GENERATED_FILENAME)

@@ -10,16 +10,9 @@ from aiida.engine import ExitCode
 from aiida_battgen.calculations.predict import PREDICTED_FILENAME
 from aiida_battgen.data.batch import StructureBatchData
 from aiida_battgen.parsers.base import BattgenParser, ParsingError
-from aiida_battgen.parsers.generator import OUT_OF_MEMORY_MARKERS
 
 
 class PredictParser(BattgenParser):
-    def classify_failure(self, summary: dict[str, Any]) -> ExitCode | None:
-        error = str(summary.get("error") or "")
-        if any(marker in error for marker in OUT_OF_MEMORY_MARKERS):
-            return self.exit_codes.ERROR_OUT_OF_MEMORY.format(error=error[:200])
-        return None
-
     def parse_outputs(self, summary: dict[str, Any]) -> ExitCode | None:
         batch = self.read_batch(PREDICTED_FILENAME)
         if batch.row_ids != self.node.inputs.structures.get_batch().row_ids:

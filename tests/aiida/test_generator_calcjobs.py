@@ -143,3 +143,19 @@ def test_evaluate_generation_calcfunction(small_batch):
     assert outputs["figure"].filename.endswith(".png")
     _, node = run_get_node(evaluate_generation, generated=node_batch, parameters=orm.Dict({"no_such_key": 1}))
     assert node.exit_status == 321
+
+
+@pytest.mark.parametrize(("process_type", "error", "expected"), [
+    ("aiida.calculations:battgen.generate", "RuntimeError: CUDA out of memory. Tried to allocate 2 GiB", 311),
+    ("aiida.calculations:battgen.predict", "MemoryError: ", 311),
+    ("aiida.calculations:battgen.generate", "ValueError: bad lattice", None),
+    ("aiida.calculations:battgen.mlip.relax", "RuntimeError: CUDA out of memory", None),  # no OOM exit code
+])
+def test_out_of_memory_is_recognised_where_a_restart_can_use_it(process_type, error, expected):
+    from aiida.plugins import ParserFactory
+
+    node = orm.CalcJobNode()
+    node.set_process_type(process_type)
+    parser = ParserFactory(process_type.split(":")[1])(node)
+    exit_code = parser.classify_failure({"error": error})
+    assert (exit_code.status if exit_code else None) == expected
