@@ -18,6 +18,8 @@ from aiida_battgen.data.model import ModelData
 MODEL_DIRNAME = "model"
 SEEDS_FILENAME = "seeds.jsonl.gz"
 GENERATED_FILENAME = "generated.jsonl.gz"
+# Trained generators and the architecture their model node must have (the manifests' ``architecture``).
+GENERATOR_ARCHITECTURES = {"cdvae": "cdvae", "llm": "crystal-llm"}
 
 GENERATE_PARAMETERS_SCHEMA: dict[str, tuple[type | tuple[type, ...], str]] = {
     "generator": (str, "generator name: cdvae, llm, substitution ..."),
@@ -48,7 +50,7 @@ def validate_generate_inputs(inputs, _=None) -> str | None:
     if "model" in inputs and "parameters" in inputs:
         generator = inputs["parameters"].get_dict().get("generator", "")
         architecture = inputs["model"].architecture
-        expected = {"cdvae": "cdvae", "llm": "crystal-llm"}.get(generator.removeprefix("battgen."))
+        expected = GENERATOR_ARCHITECTURES.get(generator.removeprefix("battgen."))
         if expected and architecture != expected:
             return f"generator {generator!r} needs a {expected!r} model, got a {architecture!r} model <{inputs['model'].pk}>"
     return None

@@ -14,6 +14,7 @@ from aiida.common import AttributeDict
 from aiida.engine import ToContext, WorkChain, if_
 from aiida.plugins import CalculationFactory, DataFactory, WorkflowFactory
 
+from aiida_battgen.calculations.generator import GENERATOR_ARCHITECTURES
 from aiida_battgen.workchains.protocols.utils import ProtocolMixin
 
 StructureBatchData = DataFactory("battgen.structure_batch")
@@ -37,7 +38,7 @@ extract_structure = CalculationFactory("battgen.extract_structure")
 # Generators that run as cheap calcfunctions; trained generators (CDVAE, LLM) run as CalcJobs
 # (GenerateBaseWorkChain) with a model node from `generator_models.<name>`.
 GENERATOR_CALCFUNCTIONS = {"substitution": "battgen.generate_substitution"}
-TRAINED_GENERATORS = {"cdvae": "cdvae", "llm": "crystal-llm"}  # name -> model architecture
+TRAINED_GENERATORS = GENERATOR_ARCHITECTURES  # name -> model architecture
 
 # (call link label, calcfunction, funnel key) of the screening filters, in order.
 SCREENING_STEPS = (

@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 from aiida import orm
-from aiida.engine import ProcessHandlerReport, process_handler
+from aiida.engine import process_handler
 
 from aiida_battgen.calculations.generator import GenerateCalculation
 from aiida_battgen.workchains.restart import BattgenRestartWorkChain
@@ -28,16 +28,7 @@ class GenerateBaseWorkChain(BattgenRestartWorkChain):
 
     @process_handler(priority=600, exit_codes=[GenerateCalculation.exit_codes.ERROR_OUT_OF_MEMORY])
     def handle_out_of_memory(self, node):
-        parameters = self._parameters()
-        conditions = dict(parameters.get("conditions", {}))
-        batch_size = int(conditions.get("batch_size", DEFAULT_SAMPLING_BATCH_SIZE))
-        if batch_size <= 1:
-            self.report_error_handled(node, "already sampling one structure at a time: aborting")
-            return ProcessHandlerReport(True, self.exit_codes.ERROR_CLI_REJECTED.format(status=node.exit_status))
-        conditions["batch_size"] = batch_size // 2
-        self.ctx.inputs.parameters = orm.Dict({**parameters, "conditions": conditions})
-        self.report_error_handled(node, f"resubmitting with conditions.batch_size={batch_size // 2}")
-        return ProcessHandlerReport(True)
+        return self.halve_batch_size(node, "conditions", DEFAULT_SAMPLING_BATCH_SIZE)
 
     @process_handler(priority=590, exit_codes=[GenerateCalculation.exit_codes.ERROR_NOTHING_GENERATED])
     def handle_nothing_generated(self, node):

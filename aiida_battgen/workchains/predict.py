@@ -6,8 +6,7 @@
 
 from __future__ import annotations
 
-from aiida import orm
-from aiida.engine import ProcessHandlerReport, process_handler
+from aiida.engine import process_handler
 
 from aiida_battgen.calculations.predict import PredictCalculation
 from aiida_battgen.workchains.restart import BattgenRestartWorkChain
@@ -23,16 +22,7 @@ class PredictBaseWorkChain(BattgenRestartWorkChain):
 
     @process_handler(priority=600, exit_codes=[PredictCalculation.exit_codes.ERROR_OUT_OF_MEMORY])
     def handle_out_of_memory(self, node):
-        parameters = self.ctx.inputs.parameters.get_dict() if "parameters" in self.ctx.inputs else {}
-        options = dict(parameters.get("options", {}))
-        batch_size = int(options.get("batch_size", DEFAULT_PREDICTION_BATCH_SIZE))
-        if batch_size <= 1:
-            self.report_error_handled(node, "already predicting one structure at a time: aborting")
-            return ProcessHandlerReport(True, self.exit_codes.ERROR_CLI_REJECTED.format(status=node.exit_status))
-        options["batch_size"] = batch_size // 2
-        self.ctx.inputs.parameters = orm.Dict({**parameters, "options": options})
-        self.report_error_handled(node, f"resubmitting with options.batch_size={batch_size // 2}")
-        return ProcessHandlerReport(True)
+        return self.halve_batch_size(node, "options", DEFAULT_PREDICTION_BATCH_SIZE)
 
     @process_handler(priority=580, exit_codes=[
         PredictCalculation.exit_codes.ERROR_MISSING_OUTPUT_FILES,

@@ -3,6 +3,7 @@ the deterministic-failure exit code."""
 
 from __future__ import annotations
 
+from aiida import orm
 from aiida.common import AttributeDict
 from aiida.engine import BaseRestartWorkChain, ProcessHandlerReport, while_
 
@@ -44,3 +45,17 @@ class BattgenRestartWorkChain(BaseRestartWorkChain):
         """The CLI rejected its input or crashed: the same inputs would fail again."""
         self.report_error_handled(node, "aborting: the failure is deterministic")
         return ProcessHandlerReport(True, self.exit_codes.ERROR_CLI_REJECTED.format(status=node.exit_status))
+
+    def halve_batch_size(self, node, section: str, default: int) -> ProcessHandlerReport:
+        """After running out of memory: resubmit with ``parameters.<section>.batch_size`` halved (``default``
+        when it was not set); abort once it is already 1."""
+        parameters = self.ctx.inputs.parameters.get_dict() if "parameters" in self.ctx.inputs else {}
+        settings = dict(parameters.get(section, {}))
+        batch_size = int(settings.get("batch_size", default))
+        if batch_size <= 1:
+            self.report_error_handled(node, "already one structure per batch: aborting")
+            return ProcessHandlerReport(True, self.exit_codes.ERROR_CLI_REJECTED.format(status=node.exit_status))
+        settings["batch_size"] = batch_size // 2
+        self.ctx.inputs.parameters = orm.Dict({**parameters, section: settings})
+        self.report_error_handled(node, f"resubmitting with {section}.batch_size={batch_size // 2}")
+        return ProcessHandlerReport(True)

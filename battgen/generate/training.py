@@ -49,6 +49,22 @@ def merge_hyperparameters(defaults: dict[str, Any], given: dict[str, Any] | None
     return merged
 
 
+def resolve_resume_dir(workdir: Path, value: Any) -> tuple[Path | None, str | None]:
+    """``resume_from`` of a training config as a directory to continue from, and a note when there is
+    nothing to continue (a run killed before its first checkpoint trains again from scratch).
+    A path that is not a directory is invalid input."""
+    from battgen.cli import InvalidInputError
+
+    if value is None:
+        return None, None
+    resume_from = workdir / str(value)
+    if not resume_from.is_dir():
+        raise InvalidInputError(f"resume_from: {resume_from} is not a directory")
+    if not any((resume_from / CHECKPOINT_DIRNAME).glob("*")):
+        return None, f"no checkpoint in {value}/{CHECKPOINT_DIRNAME}: trained from scratch"
+    return resume_from, None
+
+
 def run_train_generator_command(config: dict[str, Any], workdir: Path) -> dict[str, Any]:
     from battgen.cli import InvalidInputError  # lazy: the CLI imports this module lazily
 
@@ -72,16 +88,7 @@ def run_train_generator_command(config: dict[str, Any], workdir: Path) -> dict[s
         )
     except (UnknownGeneratorError, BatchFormatError, ValueError, TypeError, OSError) as exc:
         raise InvalidInputError(str(exc)) from exc
-    resume_from = config.get("resume_from")
-    resume_note = None
-    if resume_from is not None:
-        resume_from = workdir / resume_from
-        if not resume_from.is_dir():
-            raise InvalidInputError(f"resume_from: {resume_from} is not a directory")
-        if not any((resume_from / CHECKPOINT_DIRNAME).glob("*")):
-            # A run killed before its first checkpoint: nothing to continue, so start again.
-            resume_note = f"no checkpoint in {config['resume_from']}/{CHECKPOINT_DIRNAME}: trained from scratch"
-            resume_from = None
+    resume_from, resume_note = resolve_resume_dir(workdir, config.get("resume_from"))
     model_dir = workdir / config.get("output", "model")
     model_dir.mkdir(parents=True, exist_ok=True)
     splits.write(model_dir)

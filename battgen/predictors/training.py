@@ -29,8 +29,8 @@ import numpy as np
 
 from battgen.batch import BatchFormatError, StructureBatch
 from battgen.generate.dataset import DatasetSplits, batch_sha256, filter_training_rows, split_batch, TrainingFilter
-from battgen.generate.training import merge_hyperparameters
-from battgen.models import CHECKPOINT_DIRNAME, ModelFormatError, write_manifest
+from battgen.generate.training import merge_hyperparameters, resolve_resume_dir
+from battgen.models import ModelFormatError, write_manifest
 from battgen.predictors.base import PREDICTED_PREFIX, UnknownPredictorError, load_predictor, predictor_class
 
 _TRAIN_KEYS = {"predictor", "train", "targets", "output", "filter", "split", "hyperparameters", "seed", "resume_from"}
@@ -95,11 +95,7 @@ def run_train_predictor_command(config: dict[str, Any], workdir: Path) -> dict[s
         splits = prepare_predictor_data(batch, list(targets), config.get("filter"), dict(config.get("split") or {}))
     except (UnknownPredictorError, BatchFormatError, ValueError, TypeError, OSError) as exc:
         raise InvalidInputError(str(exc)) from exc
-    resume_from = config.get("resume_from")
-    if resume_from is not None:
-        resume_from = workdir / resume_from
-        if not any((resume_from / CHECKPOINT_DIRNAME).glob("*")):
-            resume_from = None
+    resume_from, resume_note = resolve_resume_dir(workdir, config.get("resume_from"))
     model_dir = workdir / config.get("output", "model")
     model_dir.mkdir(parents=True, exist_ok=True)
     splits.write(model_dir)
@@ -113,6 +109,7 @@ def run_train_predictor_command(config: dict[str, Any], workdir: Path) -> dict[s
         "n_train": len(splits.train), "n_val": len(splits.val), "n_test": len(splits.test),
         "filter_counts": splits.filter_counts,
         "seed": seed,
+        **({"resume_note": resume_note} if resume_note else {}),
         **(result.get("training") or {}),
     }
     manifest = write_manifest(model_dir, "predictor", cls.architecture, hyperparameters, training, result.get("metrics"))
