@@ -47,6 +47,9 @@ COMMANDS: dict[str, str] = {
     "diffusion": "battgen.md.analysis:run_diffusion_command",
     "query-mp": "battgen.sources.materials_project:run_query_command",
     "hull": "battgen.stability.hull:run_hull_command",
+    "channels": "battgen.channels.analysis:run_channels_command",
+    "insertion": "battgen.insertion.potential:run_insertion_command",
+    "si-anode": "battgen.anode.silicon:run_si_anode_command",
 }
 
 # Packages whose versions go into every summary (those not installed are skipped).
