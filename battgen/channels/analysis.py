@@ -1,0 +1,258 @@
+"""Channel analysis of a framework: largest included / free sphere, channel radius, dimensionality, porosity.
+
+Definitions (Zeo++, Willems et al., Microporous Mesoporous Mater. 149, 134 (2012)), all from atoms as hard
+spheres of the stated radii:
+
+- ``largest_included_sphere_A`` (Di): diameter of the largest sphere that fits anywhere in the void;
+- ``largest_free_sphere_A`` (Df): diameter of the largest sphere that can travel through the whole crystal,
+  i.e. along a percolating path; its radius is the bottleneck of the most open channel;
+- ``largest_included_sphere_along_free_path_A`` (Dif): largest sphere that fits somewhere on that path;
+- ``channel_radius_A`` = Df / 2: the radius of the largest free sphere, i.e. of the narrowest point
+  (bottleneck) of the widest percolating channel. This is the "channel radius" R_t of seed 004 (the
+  radius of the largest continuous Li⁺ migration channel, which CAVD reports as the bottleneck size of the
+  percolating network with the mobile ion removed); use ``mobile_ion=`` to remove the ion first;
+- ``channel_dimensionality``: 0–3, of the channels accessible to a probe of ``probe_radius_A`` (default
+  0.9 × ``channel_radius_A``: the dimensionality of the widest channel system). With Zeo++ it is read from
+  the number of channels found in the cell and in its 2×2×2 supercell (a channel periodic in d directions
+  appears 2^(3−d) times in the supercell); the clearance grid is the fallback;
+- ``void_fraction``: volume fraction outside every atomic sphere (geometric void, probe radius 0);
+- ``packing_fraction``: Σ (4/3) π r³ over atoms / cell volume, with the same radii (spheres may overlap, so
+  void + packing need not sum to 1).
+
+Radii (``radii=``): ``"crystal"`` (default) = pymatgen's average Shannon crystal radius of each element
+over its oxidation states (O 1.26 Å, Mn 0.88 Å, Li 0.90 Å), the atomic radius where no ionic radius is known —
+the same convention as :func:`battgen.generate.conditions.channel_radius_A`; ``"zeopp"`` = Zeo++'s built-in
+(CCDC covalent-like) radii; or a dict element → radius in Å.
+
+Engines: ``"zeopp"`` (pyzeo in-process; Voronoi decomposition, exact for hard spheres) and ``"cavd"``
+(CAVD, needs oxidation states, which are guessed with pymatgen's bond-valence analyser when absent).
+Dimensionality, void and packing fractions come from a clearance grid (:mod:`battgen.channels.grid`) for
+both engines, because pyzeo does not expose Zeo++'s channel dimensionality.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pymatgen.core import Element, Structure
+from tqdm.auto import tqdm
+
+from battgen.channels import grid as _grid
+
+ENGINES = ("zeopp", "cavd")
+RADII_SETS = ("crystal", "zeopp")
+# Default probe for the dimensionality: this fraction of the channel radius, so that the dimensionality is
+# that of the widest channel system (narrower side paths are ignored).
+DEFAULT_PROBE_FRACTION_OF_CHANNEL_RADIUS = 0.9
+DEFAULT_GRID_SPACING_A = 0.2
+UNITS = {
+    "largest_included_sphere_A": "Å (diameter)",
+    "largest_free_sphere_A": "Å (diameter)",
+    "largest_included_sphere_along_free_path_A": "Å (diameter)",
+    "channel_radius_A": "Å (radius = largest_free_sphere_A / 2)",
+    "channel_dimensionality": "0-3",
+    "void_fraction": "volume fraction",
+    "packing_fraction": "volume fraction",
+    "probe_radius_A": "Å",
+    "grid_spacing_A": "Å",
+    "seconds": "s",
+}
+
+
+class ChannelAnalysisError(RuntimeError):
+    """The void analysis of a structure failed (engine error, empty framework)."""
+
+
+@dataclass(frozen=True)
+class ChannelAnalysis:
+    """Result of :func:`analyze_channels`; lengths in Å (diameters unless the name says radius)."""
+
+    largest_included_sphere_A: float
+    largest_free_sphere_A: float
+    largest_included_sphere_along_free_path_A: float
+    channel_radius_A: float
+    channel_dimensionality: int
+    void_fraction: float
+    packing_fraction: float
+    probe_radius_A: float
+    engine: str
+    radii: str
+    mobile_ion: str | None = None
+    radii_A: dict[str, float] = dataclasses.field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@contextlib.contextmanager
+def quiet_native_output() -> Iterator[None]:
+    """Send what C/C++ code (Zeo++, CAVD) writes to file descriptors 1 and 2 to /dev/null."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    with open(os.devnull, "w") as devnull:
+        os.dup2(devnull.fileno(), 1)
+        os.dup2(devnull.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
+
+
+def crystal_radius_A(symbol: str) -> float:
+    element = Element(symbol)
+    ionic = float(element.average_ionic_radius or 0.0)
+    return ionic if ionic > 0 else float(element.atomic_radius or 1.0)
+
+
+def zeopp_radius_A(symbol: str) -> float:
+    from pyzeo.extension import lookupRadius
+
+    return float(lookupRadius(symbol, True))
+
+
+def resolve_radii(structure: Structure, radii: str | dict[str, float]) -> tuple[str, dict[str, float]]:
+    """(label, element → radius in Å) for every element of ``structure``."""
+    symbols = sorted({site.specie.symbol for site in structure})
+    if isinstance(radii, dict):
+        missing = [s for s in symbols if s not in radii]
+        if missing:
+            raise ValueError(f"radii given for {sorted(radii)} but not for {missing}")
+        return "custom", {s: float(radii[s]) for s in symbols}
+    if radii == "crystal":
+        return radii, {s: crystal_radius_A(s) for s in symbols}
+    if radii == "zeopp":
+        return radii, {s: zeopp_radius_A(s) for s in symbols}
+    raise ValueError(f"radii must be one of {RADII_SETS} or a dict element -> Å, got {radii!r}")
+
+
+def framework_of(structure: Structure, mobile_ion: str | None) -> Structure:
+    """``structure`` without its mobile ions (the framework they move through); oxidation states dropped."""
+    framework = structure.copy()
+    framework.remove_oxidation_states()
+    if mobile_ion:
+        if not Element.is_valid_symbol(mobile_ion):
+            raise ValueError(f"mobile_ion {mobile_ion!r} is not an element symbol")
+        framework.remove_species([mobile_ion])
+    if len(framework) == 0:
+        raise ValueError(f"nothing left after removing the mobile ion {mobile_ion}")
+    return framework
+
+
+def _zeopp_spheres(framework: Structure, radii_A: dict[str, float], scratch: Path) -> tuple[float, float, float]:
+    """(Di, Df, Dif) in Å from Zeo++'s free-sphere analysis, run in ``scratch``."""
+    from pymatgen.io.zeopp import ZeoCssr
+    from pyzeo.extension import AtomNetwork
+
+    cssr, rad, res = scratch / "framework.cssr", scratch / "framework.rad", scratch / "framework.res"
+    ZeoCssr(framework).write_file(str(cssr))
+    rad.write_text("".join(f"{symbol} {radius}\n" for symbol, radius in radii_A.items()))
+    network = AtomNetwork.read_from_CSSR(str(cssr), rad_flag=True, rad_file=str(rad))
+    network.calculate_free_sphere_parameters(str(res))
+    fields = res.read_text().split()[1:4] if res.exists() else []
+    if len(fields) != 3:
+        raise ChannelAnalysisError(f"Zeo++ wrote no free-sphere parameters for {framework.composition.reduced_formula}")
+    return float(fields[0]), float(fields[1]), float(fields[2])
+
+
+def _zeopp_dimensionality(framework: Structure, radii_A: dict[str, float], probe_radius_A: float,
+                          scratch: Path) -> int | None:
+    """Dimensionality of the Zeo++ channels for ``probe_radius_A``; None when the count is ambiguous."""
+    from pymatgen.io.zeopp import ZeoCssr
+    from pyzeo.extension import AtomNetwork
+
+    counts = []
+    for size in (1, 2):
+        cssr = scratch / f"framework_{size}.cssr"
+        ZeoCssr(framework * (size, size, size)).write_file(str(cssr))
+        network = AtomNetwork.read_from_CSSR(str(cssr), rad_flag=True, rad_file=str(scratch / "framework.rad"))
+        voronoi = network.perform_voronoi_decomposition()[0]
+        channels, _ = voronoi.find_channels(probe_radius_A)
+        counts.append(len(channels))
+    if counts[0] == 0:
+        return 0
+    copies = counts[1] / counts[0]
+    return {1.0: 3, 2.0: 2, 4.0: 1, 8.0: 1}.get(copies)
+
+
+def _cavd_spheres(structure: Structure, framework: Structure, mobile_ion: str | None,
+                  scratch: Path) -> tuple[float, float, float]:
+    from battgen.channels.cavd_engine import cavd_free_spheres
+
+    return cavd_free_spheres(structure, mobile_ion, scratch)
+
+
+def analyze_channels(
+    structure: Structure,
+    *,
+    engine: str = "zeopp",
+    probe_radius_A: float | None = None,
+    mobile_ion: str | None = None,
+    radii: str | dict[str, float] = "crystal",
+    grid_spacing_A: float = DEFAULT_GRID_SPACING_A,
+    scratch_dir: str | Path | None = None,
+    quiet: bool = True,
+) -> ChannelAnalysis:
+    """Void/channel analysis of ``structure`` (see the module docstring for every definition).
+
+    ``mobile_ion`` (e.g. ``"Li"``) is removed first, so the channels are those of the framework the ion
+    moves through. ``probe_radius_A`` (Å) sets which space counts as accessible for
+    ``channel_dimensionality`` (default 0.9 × channel radius). ``scratch_dir``: where the engine's temporary files go (a fresh temporary
+    directory when None). ``channel_radius_A`` = ``largest_free_sphere_A`` / 2.
+    """
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
+    if probe_radius_A is not None and not (probe_radius_A >= 0 and math.isfinite(probe_radius_A)):
+        raise ValueError(f"probe_radius_A must be a finite number ≥ 0, got {probe_radius_A}")
+    if not (grid_spacing_A > 0):
+        raise ValueError(f"grid_spacing_A must be > 0, got {grid_spacing_A}")
+    framework = framework_of(structure, mobile_ion)
+    label, radii_A = resolve_radii(framework, radii)
+
+    with contextlib.ExitStack() as stack:
+        scratch = Path(scratch_dir) if scratch_dir else Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        if quiet:
+            stack.enter_context(quiet_native_output())
+        dimensionality = None
+        if engine == "zeopp":
+            di, df, dif = _zeopp_spheres(framework, radii_A, scratch)
+            probe = DEFAULT_PROBE_FRACTION_OF_CHANNEL_RADIUS * df / 2.0 if probe_radius_A is None else probe_radius_A
+            dimensionality = _zeopp_dimensionality(framework, radii_A, probe, scratch) if df > 0 else 0
+        else:
+            di, df, dif = _cavd_spheres(structure, framework, mobile_ion, scratch)
+            probe = DEFAULT_PROBE_FRACTION_OF_CHANNEL_RADIUS * df / 2.0 if probe_radius_A is None else probe_radius_A
+
+    clearance = _grid.clearance_grid(framework, radii_A, grid_spacing_A)
+    if dimensionality is None:
+        dimensionality = _grid.accessible_dimensionality(clearance, probe)
+    volume = framework.lattice.volume
+    packing = sum(4.0 / 3.0 * math.pi * radii_A[site.specie.symbol] ** 3 for site in framework) / volume
+    return ChannelAnalysis(
+        largest_included_sphere_A=di,
+        largest_free_sphere_A=df,
+        largest_included_sphere_along_free_path_A=dif,
+        channel_radius_A=df / 2.0,
+        channel_dimensionality=int(dimensionality),
+        void_fraction=float(np.mean(clearance > 0.0)),
+        packing_fraction=float(packing),
+        probe_radius_A=float(probe),
+        engine=engine,
+        radii=label,
+        mobile_ion=mobile_ion,
+        radii_A=radii_A,
+    )
