@@ -32,12 +32,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from pymatgen.apps.battery.insertion_battery import InsertionElectrode
 from pymatgen.core import Composition, Element, Lattice, Structure
-from pymatgen.entries.computed_entries import ComputedEntry
 from tqdm import tqdm
 
 from battgen.batch import BatchFormatError, StructureBatch
+from battgen.electrochem.voltage import insertion_voltage_V  # noqa: F401 - moved there; re-exported for callers
 
 SEED_002_IONS = ("Li", "Mg", "Na", "Al", "K", "Ca", "Zn")
 MP_BATTERY_TABLES = {
@@ -249,16 +248,6 @@ def removed_fraction_from_formulas(formula_discharge: str, formula_charge: str, 
 
     n_dis, n_chg = ions_per_framework(formula_discharge), ions_per_framework(formula_charge)
     return (n_dis - n_chg) / n_dis
-
-
-def insertion_voltage_V(energy_discharged_eV: float, composition_discharged: Composition, energy_charged_eV: float,
-                        composition_charged: Composition, working_ion: str, ion_energy_per_atom_eV: float) -> float:
-    """Average voltage of one step from total energies, through pymatgen's InsertionElectrode."""
-    electrode = InsertionElectrode.from_entries(
-        [ComputedEntry(composition_charged, energy_charged_eV), ComputedEntry(composition_discharged, energy_discharged_eV)],
-        ComputedEntry(working_ion, ion_energy_per_atom_eV),
-    )
-    return float(electrode.get_average_voltage())
 
 
 def ion_metal_energies_per_atom_eV(ions: set[str] | list[str], calculator: Any, relax_settings: dict[str, Any]) -> dict[str, float]:
