@@ -24,10 +24,11 @@ over its oxidation states (O 1.26 Å, Mn 0.88 Å, Li 0.90 Å), the atomic radius
 the same convention as :func:`battgen.generate.conditions.channel_radius_A`; ``"zeopp"`` = Zeo++'s built-in
 (CCDC covalent-like) radii; or a dict element → radius in Å.
 
-Engines: ``"zeopp"`` (pyzeo in-process; Voronoi decomposition, exact for hard spheres) and ``"cavd"``
-(CAVD, needs oxidation states, which are guessed with pymatgen's bond-valence analyser when absent).
-Dimensionality, void and packing fractions come from a clearance grid (:mod:`battgen.channels.grid`) for
-both engines, because pyzeo does not expose Zeo++'s channel dimensionality.
+Engine: ``"zeopp"`` (pyzeo in-process; Voronoi decomposition, exact for hard spheres). CAVD 0.5.9 (with
+mgtoolbox-kernel 0.1.2) was tried as a second engine and rejected: on CIFs written by pymatgen with oxidation
+states its ``read_from_RemoveMigrantCif`` stops with "Unable to find radius for Li_0 in table" although its
+own radius table holds that key, so it gives no numbers here. Void and packing fractions come from a
+clearance grid (:mod:`battgen.channels.grid`), which is also the fallback for the dimensionality.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ from tqdm.auto import tqdm
 
 from battgen.channels import grid as _grid
 
-ENGINES = ("zeopp", "cavd")
+ENGINES = ("zeopp",)
 RADII_SETS = ("crystal", "zeopp")
 # Default probe for the dimensionality: this fraction of the channel radius, so that the dimensionality is
 # that of the widest channel system (narrower side paths are ignored).
@@ -190,13 +191,6 @@ def _zeopp_dimensionality(framework: Structure, radii_A: dict[str, float], probe
     return {1.0: 3, 2.0: 2, 4.0: 1, 8.0: 1}.get(copies)
 
 
-def _cavd_spheres(structure: Structure, framework: Structure, mobile_ion: str | None,
-                  scratch: Path) -> tuple[float, float, float]:
-    from battgen.channels.cavd_engine import cavd_free_spheres
-
-    return cavd_free_spheres(structure, mobile_ion, scratch)
-
-
 def analyze_channels(
     structure: Structure,
     *,
@@ -228,14 +222,9 @@ def analyze_channels(
         scratch = Path(scratch_dir) if scratch_dir else Path(stack.enter_context(tempfile.TemporaryDirectory()))
         if quiet:
             stack.enter_context(quiet_native_output())
-        dimensionality = None
-        if engine == "zeopp":
-            di, df, dif = _zeopp_spheres(framework, radii_A, scratch)
-            probe = DEFAULT_PROBE_FRACTION_OF_CHANNEL_RADIUS * df / 2.0 if probe_radius_A is None else probe_radius_A
-            dimensionality = _zeopp_dimensionality(framework, radii_A, probe, scratch) if df > 0 else 0
-        else:
-            di, df, dif = _cavd_spheres(structure, framework, mobile_ion, scratch)
-            probe = DEFAULT_PROBE_FRACTION_OF_CHANNEL_RADIUS * df / 2.0 if probe_radius_A is None else probe_radius_A
+        di, df, dif = _zeopp_spheres(framework, radii_A, scratch)
+        probe = DEFAULT_PROBE_FRACTION_OF_CHANNEL_RADIUS * df / 2.0 if probe_radius_A is None else probe_radius_A
+        dimensionality = _zeopp_dimensionality(framework, radii_A, probe, scratch) if df > 0 else 0
 
     clearance = _grid.clearance_grid(framework, radii_A, grid_spacing_A)
     if dimensionality is None:
@@ -256,3 +245,174 @@ def analyze_channels(
         mobile_ion=mobile_ion,
         radii_A=radii_A,
     )
+
+
+# Columns of the results table, in order (units in :data:`UNITS`).
+RESULT_COLUMNS = (
+    "row_id", "formula", "largest_included_sphere_A", "largest_free_sphere_A",
+    "largest_included_sphere_along_free_path_A", "channel_radius_A", "channel_dimensionality",
+    "void_fraction", "packing_fraction", "probe_radius_A", "engine", "radii", "mobile_ion", "error",
+)
+
+
+def analyze_batch(
+    structures: Iterable[Structure],
+    *,
+    progress: bool = True,
+    total: int | None = None,
+    **settings: Any,
+) -> list[ChannelAnalysis | str]:
+    """:func:`analyze_channels` on every structure, one scratch directory and one output silencer for all.
+
+    Returns one :class:`ChannelAnalysis` per structure, or the error message (a string) where the analysis
+    failed, so one bad cell does not stop a batch of thousands.
+    """
+    results: list[ChannelAnalysis | str] = []
+    if total is None and hasattr(structures, "__len__"):
+        total = len(structures)  # type: ignore[arg-type]
+    with tempfile.TemporaryDirectory() as scratch, quiet_native_output():
+        bar = tqdm(structures, total=total, desc="channels (Zeo++)", unit="struct", disable=not progress,
+                   file=sys.__stderr__)
+        for structure in bar:
+            try:
+                results.append(analyze_channels(structure, scratch_dir=scratch, quiet=False, **settings))
+            except (ChannelAnalysisError, ValueError, RuntimeError, OSError) as exc:
+                results.append(f"{type(exc).__name__}: {exc}")
+    return results
+
+
+def _result_row(row_id: str, structure: Structure, result: ChannelAnalysis | str) -> dict[str, Any]:
+    row: dict[str, Any] = {"row_id": row_id, "formula": structure.composition.reduced_formula}
+    if isinstance(result, str):
+        row["error"] = result
+        return row
+    data = result.as_dict()
+    data.pop("radii_A")
+    row.update(data, error=None)
+    return row
+
+
+def plot_channels(rows: Sequence[dict[str, Any]], path: str | Path, title: str = "") -> Path:
+    """Figure: channel radius histogram by dimensionality, and void fraction against channel radius."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    good = [r for r in rows if r.get("error") is None]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    for dim in range(4):
+        radii = [r["channel_radius_A"] for r in good if r["channel_dimensionality"] == dim]
+        if radii:
+            left.hist(radii, bins=30, alpha=0.6, label=f"{dim}-D ({len(radii)})")
+    left.set_xlabel("channel radius = largest free sphere / 2 (Å)")
+    left.set_ylabel("structures")
+    left.legend(title="channel dimensionality")
+    scatter = right.scatter([r["channel_radius_A"] for r in good], [r["void_fraction"] for r in good],
+                            c=[r["channel_dimensionality"] for r in good], cmap="viridis", vmin=0, vmax=3, s=12)
+    fig.colorbar(scatter, ax=right, label="channel dimensionality")
+    right.set_xlabel("channel radius (Å)")
+    right.set_ylabel("void fraction")
+    fig.suptitle(title or f"Channel analysis of {len(good)} structures (Zeo++)")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+_CONFIG_KEYS = {"input", "engine", "probe_radius_A", "mobile_ion", "radii", "grid_spacing_A", "progress"}
+OUTPUT_BATCH = "channels.jsonl.gz"
+OUTPUT_TABLE_CSV = "channels.csv"
+OUTPUT_TABLE_JSON = "channels.json"
+OUTPUT_FIGURE = "channels.png"
+
+
+def _read_input(path: Path):
+    from battgen.batch import BatchFormatError, StructureBatch
+    from battgen.sources.files import SourceFormatError, read_structures
+
+    if not path.is_file():
+        raise FileNotFoundError(f"input file {path.name} not found in the working directory")
+    name = path.name.lower()
+    if name.endswith((".jsonl.gz", ".jsonl")):
+        try:
+            return StructureBatch.read(path)
+        except BatchFormatError:
+            pass  # an MP snapshot file, read below
+    try:
+        batch, _ = read_structures(path)
+    except SourceFormatError as exc:
+        raise ValueError(str(exc)) from exc
+    return batch
+
+
+def run_channels_command(config: dict[str, Any], workdir: Path) -> dict[str, Any]:
+    """``battgen channels``: config ``input`` (batch ``.jsonl.gz``, ``.extxyz`` or ``.cif`` in the working
+    directory), optional ``mobile_ion``, ``probe_radius_A`` (Å), ``radii`` (``crystal`` / ``zeopp`` /
+    element → Å), ``grid_spacing_A``, ``engine`` (``zeopp``).
+
+    Writes ``channels.jsonl.gz`` (the input rows with the result columns), ``channels.csv`` and
+    ``channels.json`` (table with units) and ``channels.png``.
+    """
+    from battgen.batch import BatchFormatError, StructureBatch
+    from battgen.cli import InvalidInputError
+    from battgen.report import write_csv
+
+    unknown = sorted(set(config) - _CONFIG_KEYS)
+    if unknown:
+        raise InvalidInputError(f"unknown config key(s) {unknown}; allowed: {sorted(_CONFIG_KEYS)}")
+    if "input" not in config:
+        raise InvalidInputError("config needs 'input': the structure file (batch .jsonl.gz, .extxyz, .cif)")
+    settings = {
+        "engine": config.get("engine", "zeopp"),
+        "probe_radius_A": config.get("probe_radius_A"),
+        "mobile_ion": config.get("mobile_ion"),
+        "radii": config.get("radii", "crystal"),
+        "grid_spacing_A": float(config.get("grid_spacing_A", DEFAULT_GRID_SPACING_A)),
+    }
+    try:
+        if settings["engine"] not in ENGINES:
+            raise ValueError(f"engine must be one of {ENGINES}, got {settings['engine']!r}")
+        if settings["mobile_ion"] is not None and not Element.is_valid_symbol(str(settings["mobile_ion"])):
+            raise ValueError(f"mobile_ion {settings['mobile_ion']!r} is not an element symbol")
+        if not isinstance(settings["radii"], dict) and settings["radii"] not in RADII_SETS:
+            raise ValueError(f"radii must be one of {RADII_SETS} or a mapping element -> Å")
+        probe = settings["probe_radius_A"]
+        if probe is not None and (not isinstance(probe, int | float) or probe < 0):
+            raise ValueError(f"probe_radius_A must be a number ≥ 0 (Å), got {probe!r}")
+        batch = _read_input(workdir / str(config["input"]))
+    except (BatchFormatError, ValueError, TypeError, FileNotFoundError) as exc:
+        raise InvalidInputError(str(exc)) from exc
+    if len(batch) == 0:
+        raise InvalidInputError(f"input {config['input']} holds no structures")
+
+    started = time.perf_counter()
+    results = analyze_batch([s for _, s in batch], progress=bool(config.get("progress", True)), **settings)
+    seconds = time.perf_counter() - started
+    rows = [_result_row(meta["row_id"], structure, result) for (meta, structure), result in zip(batch, results)]
+
+    columns = {key: [row.get(key) for row in rows] for key in RESULT_COLUMNS if key not in ("row_id", "formula")}
+    columns["channel_error"] = columns.pop("error")
+    for key in ("engine", "radii", "mobile_ion", "probe_radius_A"):
+        columns[f"channel_{key}" if not key.startswith("channel") else key] = columns.pop(key)
+    batch.with_columns(**columns).write(workdir / OUTPUT_BATCH)
+    write_csv(rows, RESULT_COLUMNS, workdir / OUTPUT_TABLE_CSV)
+    (workdir / OUTPUT_TABLE_JSON).write_text(
+        json.dumps({"units": UNITS, "settings": settings, "rows": rows}, indent=1), encoding="utf-8")
+    plot_channels(rows, workdir / OUTPUT_FIGURE)
+
+    n_failed = sum(isinstance(r, str) for r in results)
+    return {
+        "output": OUTPUT_BATCH,
+        "table_csv": OUTPUT_TABLE_CSV,
+        "table_json": OUTPUT_TABLE_JSON,
+        "figure": OUTPUT_FIGURE,
+        "n_input": len(batch),
+        "n_analysed": len(batch) - n_failed,
+        "n_failed": n_failed,
+        "seconds": round(seconds, 3),
+        "structures_per_s": round(len(batch) / seconds, 3) if seconds > 0 else None,
+        "settings": settings,
+        "units": UNITS,
+    }
