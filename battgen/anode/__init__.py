@@ -1,0 +1,1 @@
+"""Anode workflows: Si-alloy channel stability across delithiation (seed 004)."""
