@@ -75,9 +75,11 @@ def fit_channel_radius_slope(state_of_charge: Sequence[float], channel_radius_A:
     if np.ptp(soc) == 0:
         raise ValueError(f"all {soc.size} points are at the same state of charge {soc[0]:.3f}")
     result = stats.linregress(soc, radius)
-    if np.ptp(radius) == 0:  # a flat line: no correlation to speak of (scipy would return NaN r)
+    slope_err, intercept_err = float(result.stderr), float(result.intercept_stderr)
+    if np.ptp(radius) == 0:  # a flat line fits exactly; scipy returns NaN for r and the errors (0/0)
         pearson = (0.0, 1.0)
         spearman = (0.0, 1.0)
+        slope_err = intercept_err = 0.0
     else:
         pearson = (float(result.rvalue), float(result.pvalue))
         rho = stats.spearmanr(soc, radius)
@@ -85,9 +87,9 @@ def fit_channel_radius_slope(state_of_charge: Sequence[float], channel_radius_A:
     return SlopeFit(
         n_points=int(soc.size),
         slope_A_per_unit_soc=float(result.slope),
-        slope_err_A_per_unit_soc=float(result.stderr),
+        slope_err_A_per_unit_soc=slope_err,
         intercept_A=float(result.intercept),
-        intercept_err_A=float(result.intercept_stderr),
+        intercept_err_A=intercept_err,
         pearson_r=pearson[0], pearson_p=pearson[1], spearman_rho=spearman[0], spearman_p=spearman[1],
         soc_min=float(soc.min()), soc_max=float(soc.max()),
     )
