@@ -15,7 +15,12 @@ from battgen.batch import BatchFormatError, StructureBatch
 from battgen.cli import EXIT_FAILED, EXIT_INVALID_INPUT, SUMMARY_FILENAME
 
 
-OUT_OF_MEMORY_MARKERS = ("out of memory", "MemoryError", "CUBLAS_STATUS_ALLOC_FAILED")
+# "can't allocate memory" / "Cannot allocate memory" (errno 12): torch's CPU allocator and mmap under a
+# memory limit (ulimit -v, a cgroup); "failed to map segment": a shared library that no longer fits.
+OUT_OF_MEMORY_MARKERS = ("out of memory", "MemoryError", "CUBLAS_STATUS_ALLOC_FAILED", "can't allocate memory",
+                         "Cannot allocate memory", "failed to map segment")
+# AiiDA's scheduler exit codes (ERROR_SCHEDULER_OUT_OF_MEMORY 110, ..._OUT_OF_WALLTIME 120, ..._NODE_FAILURE 130 ...)
+SCHEDULER_EXIT_STATUSES = range(100, 200)
 
 
 class ParsingError(Exception):
@@ -56,6 +61,15 @@ class BattgenParser(Parser):
             tail = self._stderr_tail()
             if tail:
                 self.logger.error(f"stderr of the battgen CLI ends with:\n{tail}")
+            scheduler_exit_code = self._scheduler_exit_code()
+            if scheduler_exit_code is not None:
+                # Killed by the scheduler (walltime, node failure ...): its diagnosis is the useful one, and
+                # the restart wrappers act on it (continue from chunks / checkpoints, more walltime).
+                self.logger.error(f"no summary: the scheduler reported {scheduler_exit_code.message}")
+                raise ParsingError(scheduler_exit_code)
+            if not self.retrieved.base.repository.list_object_names():
+                self.logger.error("nothing was retrieved: the remote working directory was missing or emptied "
+                                  "before retrieval")
             raise ParsingError(self.exit_codes.ERROR_SUMMARY_MISSING)
         if not isinstance(summary, dict) or "exit_code" not in summary:
             raise ParsingError(self.exit_codes.ERROR_SUMMARY_MISSING)
@@ -69,6 +83,16 @@ class BattgenParser(Parser):
                 self.logger.error(f"battgen traceback:\n{summary['traceback']}")
             raise ParsingError(self.exit_codes.ERROR_CLI_FAILED.format(error=summary.get("error")))
         return summary
+
+    def _scheduler_exit_code(self) -> ExitCode | None:
+        """The exit code the scheduler output parser already set on the node (before this parser ran), if any."""
+        status = self.node.exit_status
+        if status is None or status not in SCHEDULER_EXIT_STATUSES:
+            return None
+        for exit_code in self.exit_codes.values():
+            if exit_code.status == status:
+                return exit_code
+        return None
 
     def classify_failure(self, summary: dict[str, Any]) -> ExitCode | None:
         """A more specific exit code than 304 for a failed run: out of memory (for CalcJobs that define

@@ -2,8 +2,8 @@
 
 ``battgen.mlip.md_base`` (MdBaseWorkChain), the restart wrapper of MdCalculation:
 
-* 410 wall-time budget reached, 120 scheduler walltime, 300/302 outputs lost -> continue from the last
-  complete chunk (``parent_folder`` = the previous remote folder);
+* 410 wall-time budget reached, 120 scheduler walltime, 130 node failure, 300/302 outputs lost -> continue
+  from the last complete chunk (``parent_folder`` = the previous remote folder);
 * 411 unstable (temperature runaway, NaN energies/forces) -> continue from the last complete chunk with half
   the timestep, down to ``MIN_TIMESTEP_FS``;
 * 303/304/412 -> deterministic failures, abort (502).
@@ -41,6 +41,7 @@ class MdBaseWorkChain(BattgenRestartWorkChain):
     @process_handler(priority=600, exit_codes=[
         MdCalculation.exit_codes.WARNING_MD_INCOMPLETE,
         MdCalculation.exit_codes.ERROR_SCHEDULER_OUT_OF_WALLTIME,
+        MdCalculation.exit_codes.ERROR_SCHEDULER_NODE_FAILURE,
         MdCalculation.exit_codes.ERROR_SUMMARY_MISSING,
         MdCalculation.exit_codes.ERROR_MISSING_OUTPUT_FILES,
     ])

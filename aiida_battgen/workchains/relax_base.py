@@ -10,6 +10,10 @@ produced each row:
                         are dropped from the output with a warning;
 * 402 unsupported    -> nothing to retry: the rows stay flagged in the output;
 * 300/301/302        -> outputs lost (node failure, full disk): resubmit once, then fail;
+* 130 node failure   -> (the scheduler saw the node die) resubmit once, then fail;
+* 120 walltime       -> ``battgen relax`` writes its batch only at the end, so nothing of the killed run is
+                        kept: resubmit the same rows with ``max_wallclock_seconds`` doubled (each time, up to
+                        ``max_iterations``);
 * 303/304            -> the CLI rejected the input or crashed: deterministic, fail at once.
 
 The work chain ends with 0 when every row converged, with 710 (outputs attached) when some rows are
@@ -107,6 +111,24 @@ class MlipRelaxBaseWorkChain(BaseRestartWorkChain):
             return ProcessHandlerReport(True, self.exit_codes.ERROR_OUTPUTS_LOST_TWICE.format(status=node.exit_status))
         self.ctx.outputs_lost_retried = True
         self.report_error_handled(node, "resubmitting the same inputs once")
+        return ProcessHandlerReport(True)
+
+    @process_handler(priority=610, exit_codes=[MlipRelaxCalculation.exit_codes.ERROR_SCHEDULER_NODE_FAILURE])
+    def handle_node_failure(self, node):
+        """The scheduler reported a node failure: the same inputs on another (or the revived) node, once."""
+        return self.handle_outputs_lost(node)
+
+    @process_handler(priority=605, exit_codes=[MlipRelaxCalculation.exit_codes.ERROR_SCHEDULER_OUT_OF_WALLTIME])
+    def handle_out_of_walltime(self, node):
+        """Killed at the walltime before writing any output: resubmit the same rows with twice the walltime."""
+        options = dict(self.ctx.inputs.get("metadata", {}).get("options", {}))
+        walltime = options.get("max_wallclock_seconds") or node.get_option("max_wallclock_seconds")
+        if not walltime:
+            return self.handle_outputs_lost(node)
+        options["max_wallclock_seconds"] = 2 * int(walltime)
+        self.ctx.inputs.metadata = {**dict(self.ctx.inputs.get("metadata", {})), "options": options}
+        self.report_error_handled(node, f"resubmitting the same {node.inputs.structures.n_rows} row(s) with "
+                                        f"max_wallclock_seconds={options['max_wallclock_seconds']} s")
         return ProcessHandlerReport(True)
 
     @process_handler(priority=590, exit_codes=[
