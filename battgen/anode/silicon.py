@@ -148,8 +148,8 @@ def mine_candidates(
         else:
             capacity = compound_capacity_mAh_per_g(structure, working_ion, basis)
             record["gravimetric_capacity_mAh_per_g"] = capacity
-            if capacity <= min_capacity_mAh_per_g:
-                record["reason"] = f"capacity {capacity:.0f} mAh/g <= {min_capacity_mAh_per_g:g} mAh/g"
+            if capacity < min_capacity_mAh_per_g:  # same bound as the work chain's shortlist (min_values)
+                record["reason"] = f"capacity {capacity:.0f} mAh/g < {min_capacity_mAh_per_g:g} mAh/g"
             elif max_sites is not None and len(structure) > max_sites:
                 record["reason"] = f"{len(structure)} sites > max_sites {max_sites}"
             elif max_compounds is not None and len(keep) >= max_compounds:
