@@ -121,10 +121,20 @@ def crystal_radius_A(symbol: str) -> float:
     return ionic if ionic > 0 else float(element.atomic_radius or 1.0)
 
 
-def zeopp_radius_A(symbol: str) -> float:
-    from pyzeo.extension import lookupRadius
+_ZEOPP_TABLE_READY = False
 
-    return float(lookupRadius(symbol, True))
+
+def zeopp_radius_A(symbol: str) -> float:
+    """Zeo++'s default radius (CCDC table: O 1.52, Li 1.82, Ti 2.0 Å)."""
+    global _ZEOPP_TABLE_READY
+    from pyzeo.extension import initializeRadTable, lookupRadius
+
+    if Element(symbol).Z > 96:  # Zeo++ ends the whole process on an element missing from its table
+        raise ValueError(f"no Zeo++ default radius for {symbol}; pass radii as a dict")
+    if not _ZEOPP_TABLE_READY:
+        initializeRadTable()
+        _ZEOPP_TABLE_READY = True
+    return float(lookupRadius(symbol.encode()))
 
 
 def resolve_radii(structure: Structure, radii: str | dict[str, float]) -> tuple[str, dict[str, float]]:
