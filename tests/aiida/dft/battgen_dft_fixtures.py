@@ -40,6 +40,6 @@ def qe_family(aiida_profile):
 
 
 # Small but sane settings for tiny cells in CI: cutoffs of the family, coarse k-points, one relax loop.
-QE_FAST = {"quantumespresso": {"kpoints_distance": 0.4, "meta_convergence": False}}
+QE_FAST = {"quantumespresso": {"kpoints_distance": 0.5, "meta_convergence": False}}
 SERIAL = {"resources": {"num_machines": 1, "num_mpiprocs_per_machine": 1}, "withmpi": False,
           "max_wallclock_seconds": 600}
