@@ -33,7 +33,7 @@ class InsertionParser(BattgenParser):
             "settings": table.get("settings", {}), "site_types": table.get("site_types", {}), "rows": rows,
             "references": sorted({f"{r['ion']}: {r['reference']}" for r in rows}),
             "n_insertions": len(rows), "max_voltage_V": max(voltages) if voltages else None,
-            "best": {k: best.get(k) for k in ("ion", "n_ions", "site_type", "voltage_V")} if best else None,
+            "best": {k: best.get(k) for k in ("ion", "n_ions", "channel", "site_type", "voltage_V")} if best else None,
             "bader": table.get("bader"), "versions": summary.get("versions", {}),
         }
         self.out("output_parameters", orm.Dict(parameters))

@@ -117,3 +117,25 @@ def percolation_radius_A(clearance: np.ndarray, tolerance_A: float = 0.01) -> fl
         else:
             high = middle
     return low
+
+
+def periodic_labels(mask: np.ndarray) -> np.ndarray:
+    """Cluster id (1, 2, …; 0 = blocked) of every voxel, clusters joined across the periodic cell faces."""
+    labels, n_labels = ndimage.label(mask)
+    parent = list(range(n_labels + 1))
+
+    def root(label: int) -> int:
+        while parent[label] != label:
+            parent[label] = parent[parent[label]]
+            label = parent[label]
+        return label
+
+    for axis in range(3):
+        last, first = np.take(labels, -1, axis=axis), np.take(labels, 0, axis=axis)
+        both = (last > 0) & (first > 0)
+        for a, b in set(zip(last[both].tolist(), first[both].tolist())):
+            ra, rb = root(a), root(b)
+            if ra != rb:
+                parent[max(ra, rb)] = min(ra, rb)
+    lookup = np.array([root(label) for label in range(n_labels + 1)])
+    return lookup[labels]

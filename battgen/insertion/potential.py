@@ -59,6 +59,7 @@ class InsertionResult:
     ion: str
     n_ions: int
     site_type: str
+    channel: str
     site_radius_A: float
     site_min_distance_A: float
     energy_host_eV: float
@@ -107,7 +108,7 @@ def reference_energy(ion: str, calculator: Any, supported: Any, settings: dict[s
 
 DEFAULT_SETTINGS: dict[str, Any] = {
     "mlip": "chgnet", "model_path": None, "device": "cpu", "fmax": 0.05, "max_steps": 300,
-    "cell_filter": None, "optimizer": "FIRE", "supercell": [1, 1, 1], "max_site_types": 3,
+    "cell_filter": None, "optimizer": "FIRE", "supercell": [1, 1, 1], "max_site_types": 3, "sites_per_channel": 1,
     "min_site_radius_A": 0.5, "min_distance_A": 1.6, "radii": "crystal", "mobile_ion": None,
 }
 
@@ -144,10 +145,16 @@ def insertion_potentials(
     host = host.copy()
     host.remove_oxidation_states()
     host = host * settings["supercell"]
-    site_types = find_insertion_sites(
+    all_site_types = find_insertion_sites(
         host, radii=settings["radii"], mobile_ion=settings["mobile_ion"],
         min_site_radius_A=settings["min_site_radius_A"], min_distance_A=settings["min_distance_A"],
-    )[: int(settings["max_site_types"])]
+    )
+    # widest sites first, at most sites_per_channel of each channel, max_site_types in all
+    site_types: list[SiteType] = []
+    for site_type in all_site_types:
+        if sum(t.channel == site_type.channel for t in site_types) < int(settings["sites_per_channel"]):
+            site_types.append(site_type)
+    site_types = site_types[: int(settings["max_site_types"])]
     if not site_types:
         raise ValueError("no insertion site found: no Voronoi node with a sphere of radius ≥ "
                          f"{settings['min_site_radius_A']} Å at ≥ {settings['min_distance_A']} Å from the framework")
@@ -172,7 +179,7 @@ def insertion_potentials(
         energy = record["energy_eV"]
         voltage = None if energy is None else insertion_voltage_V(energy, energy_host, n, e_ref, ION_CHARGES[ion])
         results.append(InsertionResult(
-            ion=ion, n_ions=n, site_type=site_type.label, site_radius_A=site_type.radius_A,
+            ion=ion, n_ions=n, site_type=site_type.label, channel=site_type.channel, site_radius_A=site_type.radius_A,
             site_min_distance_A=site_type.min_distance_A, energy_host_eV=energy_host, energy_inserted_eV=energy,
             reference_energy_eV_per_atom=e_ref, reference=reference, voltage_V=voltage,
             insertion_energy_per_ion_eV=None if energy is None else (energy - energy_host - n * e_ref) / n,
@@ -229,7 +236,7 @@ def bader_charges(density_file: str | Path, workdir: str | Path | None = None) -
 # ---------------------------------------------------------------- figure and command
 
 def plot_insertion(rows: list[dict[str, Any]], path: str | Path, title: str = "") -> Path:
-    """Bar chart: V per ion for each site type, one group per (ion, n)."""
+    """Bar chart: V per ion for each channel (its site type in the legend), one group per (host, ion, n)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -237,18 +244,18 @@ def plot_insertion(rows: list[dict[str, Any]], path: str | Path, title: str = ""
     import numpy as np
 
     groups = sorted({(r["host"], r["ion"], r["n_ions"]) for r in rows})
-    site_labels = sorted({r["site_type"] for r in rows})
+    site_labels = sorted({(r["channel"], r["site_type"]) for r in rows})
     fig, ax = plt.subplots(figsize=(max(5, 1.3 * len(groups) + 2), 4))
     width = 0.8 / max(1, len(site_labels))
-    for k, label in enumerate(site_labels):
+    for k, (channel, site) in enumerate(site_labels):
         values = [next((r["voltage_V"] for r in rows if (r["host"], r["ion"], r["n_ions"]) == g
-                        and r["site_type"] == label and r["voltage_V"] is not None), np.nan) for g in groups]
-        ax.bar(np.arange(len(groups)) + k * width, values, width, label=label)
+                        and r["site_type"] == site and r["voltage_V"] is not None), np.nan) for g in groups]
+        ax.bar(np.arange(len(groups)) + k * width, values, width, label=f"{channel} ({site})")
     ax.axhline(0.0, color="k", lw=0.8)
     ax.set_xticks(np.arange(len(groups)) + 0.4 - width / 2)
     ax.set_xticklabels([f"{h}\n{n} {ion}" for h, ion, n in groups], fontsize=8)
     ax.set_ylabel("insertion potential V (V vs. bulk metal)")
-    ax.legend(title="site type (widest first)", fontsize=8)
+    ax.legend(title="channel (site), widest first", fontsize=8)
     ax.set_title(title or "Insertion potential per ion and channel")
     fig.tight_layout()
     path = Path(path)
@@ -258,7 +265,7 @@ def plot_insertion(rows: list[dict[str, Any]], path: str | Path, title: str = ""
 
 
 _CONFIG_KEYS = {"input", "ions", "n_ions", "reference_energies_eV_per_atom", "bader", "progress", *DEFAULT_SETTINGS}
-RESULT_COLUMNS = ("host", "ion", "n_ions", "site_type", "site_radius_A", "site_min_distance_A", "voltage_V",
+RESULT_COLUMNS = ("host", "ion", "n_ions", "channel", "site_type", "site_radius_A", "site_min_distance_A", "voltage_V",
                   "insertion_energy_per_ion_eV", "energy_host_eV", "energy_inserted_eV",
                   "reference_energy_eV_per_atom", "reference", "relax_status", "max_force_eV_per_A")
 OUTPUT_BATCH = "inserted.jsonl.gz"
@@ -355,6 +362,6 @@ def run_insertion_command(config: dict[str, Any], workdir: Path) -> dict[str, An
         "output": OUTPUT_BATCH, "table_csv": OUTPUT_TABLE_CSV, "table_json": OUTPUT_TABLE_JSON,
         "figure": OUTPUT_FIGURE, "n_hosts": len(hosts), "n_insertions": len(rows), "formula": formula,
         "references": sorted({f"{r['ion']}: {r['reference']} = {r['reference_energy_eV_per_atom']:.4f} eV/atom" for r in rows}),
-        "voltages_V": [{k: r[k] for k in ("host", "ion", "n_ions", "site_type", "voltage_V")} for r in rows],
+        "voltages_V": [{k: r[k] for k in ("host", "ion", "n_ions", "channel", "site_type", "voltage_V")} for r in rows],
         "bader": bader, "seconds": round(time.perf_counter() - started, 3), "units": UNITS,
     }
