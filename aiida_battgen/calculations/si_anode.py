@@ -96,7 +96,8 @@ class SiAnodeCalculation(BattgenCalcJob):
                          "gravimetric_capacity_mAh_per_g (mAh/g), energy_per_atom_eV (eV/atom), volume_A3 (Å³), "
                          "used_in_fit; units in the `units` attribute.")
         spec.output("compounds", valid_type=orm.Dict, required=False,
-                    help="Capacity filter of the input compounds (gravimetric_capacity_mAh_per_g in mAh/g, passed, reason).")
+                    help="Capacity filter of the input compounds (gravimetric_capacity_mAh_per_g in mAh/g, passed, "
+                         "reason).")
         spec.output("figure", valid_type=orm.SinglefileData, required=False,
                     help="Channel radius (Å) vs state of charge per compound with the fitted line (PNG).")
         spec.default_output_node = "output_parameters"

@@ -108,16 +108,19 @@ class SiAnodeWorkChain(ProtocolMixin, WorkChain):
                     help="Per compound: slope_A_per_unit_soc ± slope_err_A_per_unit_soc (Å per unit SOC = Å/100 % "
                          "SOC), intercept_A (Å), Pearson r, Spearman ρ, n_points.")
         spec.output("ranking", valid_type=orm.Dict, help="Compounds by |slope| ascending (most stable channel first).")
-        spec.output("figure", valid_type=orm.SinglefileData, help="Channel radius (Å) vs SOC per compound with fits (PNG).")
+        spec.output("figure", valid_type=orm.SinglefileData,
+                    help="Channel radius (Å) vs SOC per compound with fits (PNG).")
         spec.exit_code(350, "ERROR_SOURCE_UNREADABLE", message="The source could not be read: {message}")
         spec.exit_code(351, "ERROR_NO_CANDIDATES",
-                       message="No compound contains Li and the host element with a capacity of at least {bound} mAh/g.")
+                       message="No compound contains Li and the host element with a capacity of at least "
+                               "{bound} mAh/g.")
         spec.exit_code(352, "ERROR_CAPACITY_FAILED", message="The capacity step failed: {message}")
         spec.exit_code(550, "ERROR_SI_ANODE_FAILED", message="The Si-anode calculation failed: {message}")
         spec.exit_code(551, "ERROR_FIT_FAILED", message="The slope fit failed: {message}")
 
     @classmethod
-    def get_builder_from_protocol(cls, code, structures=None, snapshot=None, protocol=None, overrides=None, options=None):
+    def get_builder_from_protocol(cls, code, structures=None, snapshot=None, protocol=None, overrides=None,
+                                  options=None):
         """Builder with the protocol's parameters (``overrides`` deep-merged, unknown keys rejected); ``options``
         update the protocol's metadata.options."""
         inputs = cls.get_protocol_inputs(protocol, overrides)

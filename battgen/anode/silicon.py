@@ -548,8 +548,8 @@ def run_si_anode_command(config: dict[str, Any], workdir: Path, calculator: Any 
         compounds, working_ion=settings["working_ion"], host_element=settings["host_element"],
         min_capacity_mAh_per_g=settings["min_capacity_mAh_per_g"], basis=settings["capacity_basis"],
         max_sites=settings["max_sites"], max_compounds=settings["max_compounds"])
-    _atomic_write_json(workdir / COMPOUNDS_FILENAME, {"units": UNITS, "basis": settings["capacity_basis"],
-                                                       "compounds": records})
+    _atomic_write_json(workdir / COMPOUNDS_FILENAME,
+                       {"units": UNITS, "basis": settings["capacity_basis"], "compounds": records})
     if len(passed) == 0:
         raise InvalidInputError(
             f"no compound of {len(compounds)} contains {settings['working_ion']} and {settings['host_element']} with "

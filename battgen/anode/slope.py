@@ -163,8 +163,8 @@ def plot_channel_radius_vs_soc(
         fit = fits.get(compound, {})
         if fit.get("slope_A_per_unit_soc") is not None:
             xs = np.linspace(0.0, 1.0, 50)
-            ax.plot(xs, fit["intercept_A"] + fit["slope_A_per_unit_soc"] * xs, color="#c0392b",
-                    label=f"slope = {fit['slope_A_per_unit_soc']:.2f} ± {fit['slope_err_A_per_unit_soc']:.2f} Å/unit SOC")
+            label = f"slope = {fit['slope_A_per_unit_soc']:.2f} ± {fit['slope_err_A_per_unit_soc']:.2f} Å/unit SOC"
+            ax.plot(xs, fit["intercept_A"] + fit["slope_A_per_unit_soc"] * xs, color="#c0392b", label=label)
         else:
             ax.text(0.5, 0.5, f"no fit: {fit.get('error', 'no points')}", transform=ax.transAxes, ha="center",
                     va="center", fontsize=8, wrap=True)

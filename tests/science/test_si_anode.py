@@ -112,7 +112,8 @@ def test_slope_fit_recovers_a_known_slope_and_its_standard_error():
 
 def test_slope_fit_exact_line_flat_line_and_too_few_points():
     exact = slope.fit_channel_radius_slope([0, 0.5, 1.0], [2.0, 1.8, 1.6])
-    assert exact.slope_A_per_unit_soc == pytest.approx(-0.4) and exact.slope_err_A_per_unit_soc == pytest.approx(0, abs=1e-12)
+    assert exact.slope_A_per_unit_soc == pytest.approx(-0.4)
+    assert exact.slope_err_A_per_unit_soc == pytest.approx(0, abs=1e-12)
     flat = slope.fit_channel_radius_slope([0, 0.5, 1.0], [2.0, 2.0, 2.0])
     assert flat.slope_A_per_unit_soc == 0.0 and flat.slope_err_A_per_unit_soc == 0.0 and flat.pearson_r == 0.0
     with pytest.raises(ValueError, match="at least 3"):
@@ -157,12 +158,16 @@ def _write_input(workdir, structures: dict[str, Structure]):
         workdir / silicon.INPUT_FILENAME)
 
 
+def _run(config, workdir):
+    return silicon.run_si_anode_command(config, workdir, calculator=_lj_calculator(), channel_function=_fake_channels)
+
+
 CHEAP = {"n_configurations": 6, "max_steps": 3, "fmax": 0.5, "progress": False}
 
 
 def test_command_writes_table_slopes_and_figure(tmp_path):
     _write_input(tmp_path, {"li15si4": li15si4(), "si": diamond_si()})
-    outputs = silicon.run_si_anode_command(CHEAP, tmp_path, calculator=_lj_calculator(), channel_function=_fake_channels)
+    outputs = _run(CHEAP, tmp_path)
     assert outputs["status"] == "completed" and outputs["n_candidates"] == 1 and outputs["n_finished"] == 7
     for name in outputs["files"].values():
         assert (tmp_path / name).exists(), name
@@ -186,15 +191,16 @@ def test_command_writes_table_slopes_and_figure(tmp_path):
 def test_command_resumes_from_its_checkpoint_after_a_budget_stop_and_a_kill(tmp_path):
     _write_input(tmp_path, {"li15si4": li15si4()})
     config = {**CHEAP, "max_wall_time_s": 0.0}
-    first = silicon.run_si_anode_command(config, tmp_path, calculator=_lj_calculator(), channel_function=_fake_channels)
+    first = _run(config, tmp_path)
     assert first["status"] == "incomplete" and first["n_finished"] == 1 and "slopes" not in first["files"]
     # a kill in the middle of writing the next line leaves a torn line behind: it is ignored
     with open(tmp_path / silicon.CHECKPOINT_FILENAME, "a", encoding="utf-8") as handle:
         handle.write('{"meta": {"row_id": "li15si4/d01", "trunc')
-    second = silicon.run_si_anode_command(config, tmp_path, calculator=_lj_calculator(), channel_function=_fake_channels)
+    second = _run(config, tmp_path)
     assert second["n_resumed_from_checkpoint"] == 1 and second["n_relaxed_this_call"] == 1
-    final = silicon.run_si_anode_command(CHEAP, tmp_path, calculator=_lj_calculator(), channel_function=_fake_channels)
-    assert final["status"] == "completed" and final["n_resumed_from_checkpoint"] == 2 and final["n_relaxed_this_call"] == 5
+    final = _run(CHEAP, tmp_path)
+    assert final["status"] == "completed"
+    assert (final["n_resumed_from_checkpoint"], final["n_relaxed_this_call"]) == (2, 5)
     assert len(StructureBatch.read(tmp_path / silicon.RELAXED_FILENAME)) == 7
     # the resumed run gives exactly what an uninterrupted one gives
     fresh = tmp_path / "fresh"

@@ -17,12 +17,13 @@ def channel_radius_slope(configurations: orm.ArrayData):
     """Ordinary least squares (``scipy.stats.linregress``) of channel_radius_A (Å) on state_of_charge
     (Li left / Li fully lithiated) over the configurations with ``used_in_fit``, one line per compound.
 
-    Outputs ``slopes`` (``fits``, one entry per compound: slope_A_per_unit_soc and slope_err_A_per_unit_soc in Å per unit SOC,
-    i.e. Å/100 % SOC, intercept_A, Pearson r / Spearman ρ with p-values, n_points; or ``error``),
+    Outputs ``slopes`` (``fits``, one entry per compound: slope_A_per_unit_soc and slope_err_A_per_unit_soc in
+    Å per unit SOC, i.e. Å/100 % SOC, intercept_A, Pearson r / Spearman ρ with p-values, n_points; or ``error``),
     ``ranking`` (compounds by |slope| ascending: the most stable channel first) and ``figure`` (PNG).
     Exit codes: 350 the table lacks a column; 351 no compound has enough points for a slope with an error.
     """
-    from battgen.anode.slope import SLOPE_UNITS, fit_compounds, group_points, plot_channel_radius_vs_soc, rank_by_abs_slope
+    from battgen.anode.slope import (SLOPE_UNITS, fit_compounds, group_points, plot_channel_radius_vs_soc,
+                                     rank_by_abs_slope)
 
     names = set(configurations.get_arraynames())
     missing = [name for name in REQUIRED_ARRAYS if name not in names]
