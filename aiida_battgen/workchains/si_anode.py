@@ -11,9 +11,10 @@ source (``snapshot`` → ``batch_from_snapshot`` keeping Li–Si compounds, or a
 
 SiAnodeBaseWorkChain (restart wrapper, no entry point of its own):
 
-* 410 wall-time budget, 120 scheduler walltime → continue from the checkpoint in the previous remote folder
-  (finished configurations are not relaxed again);
-* 300/301/302 outputs lost → continue from the checkpoint once, then fail (501);
+* 410 wall-time budget or SIGTERM, 120 scheduler walltime, 300/302 outputs or summary missing (a kill
+  without SIGTERM) → continue from the checkpoint in the previous remote folder (finished configurations
+  are not relaxed again; every call makes progress, ``max_iterations`` bounds the number of calls);
+* 301 an output unreadable → continue from the checkpoint once, then fail (501);
 * 303/304 the CLI rejected its input or crashed → deterministic, fail at once (502).
 """
 
@@ -42,15 +43,15 @@ class SiAnodeBaseWorkChain(BattgenRestartWorkChain):
             self.ctx.inputs.parent_folder = node.outputs.remote_folder
 
     @process_handler(priority=600, exit_codes=[SiAnodeCalculation.exit_codes.WARNING_INCOMPLETE,
-                                               SiAnodeCalculation.exit_codes.ERROR_SCHEDULER_OUT_OF_WALLTIME])
+                                               SiAnodeCalculation.exit_codes.ERROR_SCHEDULER_OUT_OF_WALLTIME,
+                                               SiAnodeCalculation.exit_codes.ERROR_MISSING_OUTPUT_FILES,
+                                               SiAnodeCalculation.exit_codes.ERROR_SUMMARY_MISSING])
     def handle_interrupted(self, node):
         self._continue_from(node)
         self.report_error_handled(node, "continuing from the checkpoint of the finished configurations")
         return ProcessHandlerReport(True)
 
-    @process_handler(priority=590, exit_codes=[SiAnodeCalculation.exit_codes.ERROR_MISSING_OUTPUT_FILES,
-                                               SiAnodeCalculation.exit_codes.ERROR_OUTPUT_UNREADABLE,
-                                               SiAnodeCalculation.exit_codes.ERROR_SUMMARY_MISSING])
+    @process_handler(priority=590, exit_codes=[SiAnodeCalculation.exit_codes.ERROR_OUTPUT_UNREADABLE])
     def handle_outputs_lost(self, node):
         self._continue_from(node)
         return self._retry_once("outputs_lost", node, "continuing once from the checkpoint")

@@ -27,7 +27,8 @@ Steps, each a plain function, chained by ``battgen si-anode`` (:func:`run_si_ano
 Restarts: every finished configuration is appended to ``si_anode_checkpoint.jsonl`` (flushed and fsynced)
 before the next starts; a restarted run (``restart: true``, the default) skips those, so a killed job
 loses at most the configuration in flight. ``max_wall_time_s`` stops cleanly after the configuration that
-crosses the budget (status ``incomplete``; the AiiDA work chain then resubmits from the remote folder).
+crosses the budget, and SIGTERM (a scheduler's walltime kill) drops the configuration in flight; both end
+with status ``incomplete`` and exit code 0, and the AiiDA work chain resubmits from the remote folder.
 The sampling is deterministic, so a restart regenerates the same configurations; a checkpoint written
 with different settings is refused.
 """
@@ -39,6 +40,8 @@ import hashlib
 import json
 import math
 import os
+import signal
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -303,6 +306,34 @@ def _finite_or_none(value: Any) -> Any:
     return value
 
 
+class _Terminated(BaseException):
+    """Raised by the SIGTERM handler; a BaseException so no ``except Exception`` on the way swallows it."""
+
+
+class _StopOnSigterm:
+    """While armed, SIGTERM (a scheduler's walltime kill) interrupts the configuration in flight at once; the
+    finished ones are in the checkpoint and the outputs are still written (status ``incomplete``). Main
+    thread only: elsewhere the signal is not ours to handle."""
+
+    def __init__(self) -> None:
+        self.armed, self.received, self.previous = True, False, None
+
+    def __enter__(self) -> _StopOnSigterm:
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        self.received = True
+        if self.armed:
+            self.armed = False
+            raise _Terminated()
+
+    def __exit__(self, *exc) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
+
+
 # --- the pipeline ----------------------------------------------------------------------------------------
 def run_channel_stability(
     compounds: StructureBatch, settings: dict[str, Any], workdir: Path, *, calculator: Any = None,
@@ -341,29 +372,35 @@ def run_channel_stability(
         model = info.as_dict()
         model.pop("supported_elements")
 
-    status, n_this_call = "completed", 0
+    status, stop_reason, n_this_call = "completed", None, 0
     bar = tqdm(total=len(configurations), initial=len(configurations) - len(todo), unit="config",
                desc="si-anode relax + channels", disable=not settings["progress"])
-    for meta, structure in configurations:
-        if meta["row_id"] in done:
-            continue
-        budget = settings["max_wall_time_s"]
-        if budget is not None and n_this_call and time.perf_counter() - started > budget:
-            status = "incomplete"
-            break
-        relaxed, record = relax_structure(
-            structure, calculator, supported_elements=supported_elements, fmax=settings["fmax"],
-            max_steps=settings["max_steps"], cell_filter=settings["cell_filter"], optimizer=settings["optimizer"],
-            maxstep=settings["maxstep"])
-        row = {**meta, **{key: record[key] for key in RELAX_COLUMNS}, "relax_wall_time_s": record["wall_time_s"]}
-        row.update(configuration_properties(relaxed, working_ion=ion, host_element=host, basis=basis,
-                                            channel_function=channel_function,
-                                            channel_options=settings["channel_options"]))
-        row = {key: _finite_or_none(value) for key, value in row.items()}
-        checkpoint.add(row, relaxed)
-        done[meta["row_id"]] = (row, relaxed)
-        n_this_call += 1
-        bar.update(1)
+    with _StopOnSigterm() as sigterm:
+        try:
+            for meta, structure in configurations:
+                if meta["row_id"] in done:
+                    continue
+                budget = settings["max_wall_time_s"]
+                if budget is not None and n_this_call and time.perf_counter() - started > budget:
+                    status, stop_reason = "incomplete", f"wall-time budget of {budget:g} s"
+                    break
+                relaxed, record = relax_structure(
+                    structure, calculator, supported_elements=supported_elements, fmax=settings["fmax"],
+                    max_steps=settings["max_steps"], cell_filter=settings["cell_filter"],
+                    optimizer=settings["optimizer"], maxstep=settings["maxstep"])
+                row = {**meta, **{key: record[key] for key in RELAX_COLUMNS},
+                       "relax_wall_time_s": record["wall_time_s"]}
+                row.update(configuration_properties(relaxed, working_ion=ion, host_element=host, basis=basis,
+                                                    channel_function=channel_function,
+                                                    channel_options=settings["channel_options"]))
+                row = {key: _finite_or_none(value) for key, value in row.items()}
+                checkpoint.add(row, relaxed)
+                done[meta["row_id"]] = (row, relaxed)
+                n_this_call += 1
+                bar.update(1)
+        except _Terminated:
+            status, stop_reason = "incomplete", "SIGTERM (configuration in flight dropped)"
+        sigterm.armed = False  # from here on a SIGTERM is only noted: the outputs below are quick
     bar.close()
 
     finished = [row_id for row_id in configurations.row_ids if row_id in done]
@@ -381,6 +418,7 @@ def run_channel_stability(
         "n_finished": len(finished),
         "n_relaxed_this_call": n_this_call,
         "n_resumed_from_checkpoint": len(finished) - n_this_call,
+        "stop_reason": stop_reason,
         "relax_status_counts": _counts(r["relax_status"] for r in table),
         "model": model,
         "wall_time_s_this_call": round(time.perf_counter() - started, 3),

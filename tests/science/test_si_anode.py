@@ -216,6 +216,43 @@ def test_command_resumes_from_its_checkpoint_after_a_budget_stop_and_a_kill(tmp_
                                      channel_function=_fake_channels)
 
 
+class _SigtermAtCall:
+    """Lennard-Jones that sends SIGTERM to its own process at the n-th force evaluation (a walltime kill)."""
+
+    def __new__(cls, n_call: int):
+        import os
+        import signal
+
+        from ase.calculators.lj import LennardJones
+
+        class Killer(LennardJones):
+            calls = 0
+
+            def calculate(self, *args, **kwargs):
+                Killer.calls += 1
+                if Killer.calls == n_call:
+                    os.kill(os.getpid(), signal.SIGTERM)
+                super().calculate(*args, **kwargs)
+
+        return Killer(sigma=2.3, epsilon=0.05, rc=5.0, smooth=True)
+
+
+def test_sigterm_drops_only_the_configuration_in_flight(tmp_path):
+    import signal
+
+    before = signal.getsignal(signal.SIGTERM)
+    _write_input(tmp_path, {"li15si4": li15si4()})
+    # one force call per configuration (they converge at once at fmax 0.5): the third one is killed
+    killed = silicon.run_si_anode_command({**CHEAP, "fmax": 5.0}, tmp_path, calculator=_SigtermAtCall(3),
+                                          channel_function=_fake_channels)
+    assert killed["status"] == "incomplete" and killed["stop_reason"].startswith("SIGTERM")
+    assert killed["n_finished"] == 2
+    assert signal.getsignal(signal.SIGTERM) is before
+    resumed = _run({**CHEAP, "fmax": 5.0}, tmp_path)
+    assert resumed["status"] == "completed" and resumed["n_resumed_from_checkpoint"] == 2
+    assert resumed["n_finished"] == 7
+
+
 @pytest.mark.parametrize("config, message", [
     ({"n_configurations": 0}, "n_configurations"),
     ({"max_removed_fraction": 1.5}, "max_removed_fraction"),
