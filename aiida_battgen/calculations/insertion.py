@@ -24,7 +24,7 @@ ION_CHARGES = {"Li": 1, "Na": 1, "K": 1, "Mg": 2, "Ca": 2, "Zn": 2, "Al": 3}
 PARAMETERS_SCHEMA: dict[str, tuple[type | tuple[type, ...], str]] = {
     "ions": (list, f"working ions to insert, from {sorted(ION_CHARGES)}; default [Li]"),
     "n_ions": (list, "numbers of ions per insertion (each a positive int); default [1]"),
-    "reference_energies_eV_per_atom": (dict, "ion -> reference energy in eV/atom (default: bulk metal relaxed with "
+    "reference_energies_eV_per_atom": ((dict, type(None)), "ion -> reference energy in eV/atom (default: bulk metal relaxed with "
                                              "the same MLIP)"),
     "mlip": (str, "MLIP name (chgnet, sevennet, m3gnet); default chgnet"),
     "model_path": ((str, type(None)), "weights on the remote computer instead of the pretrained model"),
