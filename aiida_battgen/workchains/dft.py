@@ -249,7 +249,9 @@ def _vasp_relax_inputs(code, structure: orm.StructureData, settings: dict[str, A
         vasp["ldau_mapping"] = orm.Dict({"mapping": mapping, "utype": 2})
     if magmom:
         vasp["magmom_mapping"] = orm.Dict(magmom)
-    return {"vasp": vasp, "relax_settings": orm.Dict(settings["relax_settings"]), "verbose": orm.Bool(False)}
+    # RelaxOptions fills the defaults aiida-vasp reads (`perform`, ...) into the Dict.
+    relax_settings = VaspRelaxWorkChain.option_class.aiida_serialize(dict(settings["relax_settings"]))
+    return {"vasp": vasp, "relax_settings": relax_settings, "verbose": orm.Bool(False)}
 
 
 def _vasp_settings(node) -> dict[str, Any]:
