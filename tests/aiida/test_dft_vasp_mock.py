@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import gzip
 import importlib.util
-import os
+import io
 import shutil
 import stat
 import sys
@@ -234,7 +234,11 @@ def _load_secret_scanner():
     return module.scan
 
 
-def test_fake_potcar_holds_no_vasp_data():
+def test_fake_potcar_is_a_header_only():
+    """The fake POTCAR parses like a real header (symbol, functional) but holds no PAW data blocks."""
+    from aiida_vasp.parsers.content_parsers.potcar import PotcarParser
+
     text = _fake_potcar("Li_sv", "Li", 3.0)
     assert FAKE_POTCAR_SENTINEL in text and len(text.splitlines()) < 15
-    assert os.linesep  # header only: no projector / pseudo-wavefunction blocks
+    metadata = PotcarParser(handler=io.StringIO(text)).metadata
+    assert (metadata.symbol, metadata.element) == ("Li_sv", "Li")
