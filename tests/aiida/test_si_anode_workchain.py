@@ -19,6 +19,7 @@ from aiida_battgen.calculations.functions.channel_radius_slope import channel_ra
 from aiida_battgen.data.batch import StructureBatchData
 from aiida_battgen.workchains.protocols.utils import UnknownProtocolKeyError
 from aiida_battgen.workchains.si_anode import SiAnodeBaseWorkChain, SiAnodeWorkChain
+from battgen.anode.silicon import run_si_anode_command as _RUN_SI_ANODE_COMMAND
 from battgen.batch import StructureBatch
 
 
@@ -132,6 +133,81 @@ def test_exactly_one_source_is_required(aiida_profile, battgen_code):
     builder = SiAnodeWorkChain.get_builder_from_protocol(battgen_code, protocol="fast")
     with pytest.raises(ValueError, match="exactly one source"):
         run_get_node(builder)
+
+
+# --- parser, on folders written by the real command with cheap stand-ins -------------------------------
+def _write_run(workdir, monkeypatch, **config):
+    """Run ``battgen si-anode`` through battgen.cli in ``workdir`` with Lennard-Jones and a volume-based
+    stand-in for the void analysis; leaves exactly what the CalcJob would retrieve (plus extras)."""
+    from ase.calculators.lj import LennardJones
+
+    from battgen.anode import silicon
+    from battgen.cli import run_command
+
+    def fake_channels(structure, working_ion, options):
+        return {"channel_radius_A": 0.5 * (structure.volume / len(structure)) ** (1 / 3)}
+
+    original = _RUN_SI_ANODE_COMMAND  # not silicon.run_si_anode_command: that may be patched already
+    monkeypatch.setattr(silicon, "run_si_anode_command", lambda cfg, wd: original(
+        cfg, wd, calculator=LennardJones(sigma=2.3, epsilon=0.05, rc=5.0, smooth=True), channel_function=fake_channels))
+    StructureBatch.from_structures([li15si4()], [{"row_id": "Li15Si4"}]).write(workdir / "structures.jsonl.gz")
+    return run_command("si-anode", {"n_configurations": 4, "max_steps": 2, "progress": False, **config}, workdir)
+
+
+@pytest.fixture
+def parse_folder(aiida_profile, aiida_localhost):
+    from aiida_battgen.parsers.si_anode import SiAnodeParser
+
+    def _parse(folder):
+        node = orm.CalcJobNode(computer=aiida_localhost, process_type="aiida.calculations:battgen.si_anode")
+        node.set_option("resources", {"num_machines": 1, "num_mpiprocs_per_machine": 1})
+        node.set_option("error_filename", "battgen.err")
+        node.store()
+        retrieved = orm.FolderData()
+        for path in folder.iterdir():
+            if path.name in si_anode_calc.SiAnodeCalculation.OUTPUT_FILES or path.name == "battgen-summary.yaml":
+                retrieved.base.repository.put_object_from_file(str(path), path.name)
+        retrieved.base.links.add_incoming(node, link_type=LinkType.CREATE, link_label="retrieved")
+        retrieved.store()
+        return SiAnodeParser.parse_from_node(node, store_provenance=False)
+
+    return _parse
+
+
+def test_parser_success_incomplete_and_failures(tmp_path, monkeypatch, parse_folder):
+    exit_codes = si_anode_calc.SiAnodeCalculation.exit_codes
+    done = tmp_path / "done"
+    done.mkdir()
+    assert _write_run(done, monkeypatch)[0] == 0
+    results, calc = parse_folder(done)
+    assert calc.is_finished_ok, calc.exit_message
+    assert len(results["relaxed_structures"].get_batch()) == 5
+    table = results["configurations"]
+    # 30 Li, 4 levels: round(7.5) = 8 (halves to even), 15, round(22.5) = 22, 30 removed
+    assert list(table.get_array("state_of_charge")) == pytest.approx([1.0, 22 / 30, 0.5, 8 / 30, 0.0])
+    assert list(table.get_array("compound_ids")) == ["Li15Si4"] * 5 and table.get_array("used_in_fit").all()
+    assert results["compounds"]["compounds"][0]["passed"] and results["figure"].filename.endswith(".png")
+    assert results["output_parameters"]["status"] == "completed"
+
+    stopped = tmp_path / "stopped"
+    stopped.mkdir()
+    assert _write_run(stopped, monkeypatch, max_wall_time_s=0.0)[0] == 0
+    results, calc = parse_folder(stopped)
+    assert calc.exit_status == exit_codes.WARNING_INCOMPLETE.status and set(results) == {"output_parameters"}
+
+    rejected = tmp_path / "rejected"
+    rejected.mkdir()
+    assert _write_run(rejected, monkeypatch, min_capacity_mAh_per_g=9000.0)[0] == 2
+    assert parse_folder(rejected)[1].exit_status == exit_codes.ERROR_CLI_INVALID_INPUT.status
+
+    (done / "battgen-summary.yaml").rename(tmp_path / "summary.yaml")
+    assert parse_folder(done)[1].exit_status == exit_codes.ERROR_SUMMARY_MISSING.status
+    (tmp_path / "summary.yaml").rename(done / "battgen-summary.yaml")
+    (done / "channel_radius_vs_soc.png").unlink()
+    assert parse_folder(done)[1].exit_status == exit_codes.ERROR_MISSING_OUTPUT_FILES.status
+    table_path = done / "configurations.json"
+    table_path.write_text(table_path.read_text()[:-50])
+    assert parse_folder(done)[1].exit_status == exit_codes.ERROR_OUTPUT_UNREADABLE.status
 
 
 # --- the real CLI on localhost (CHGNet + Zeo++) ---------------------------------------------------------
