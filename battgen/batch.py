@@ -287,7 +287,7 @@ class StructureBatch:
         try:
             with gzip.open(path, "rt", encoding="utf-8") as handle:
                 return cls.read_stream(handle, source=str(path))
-        except (OSError, EOFError, gzip.BadGzipFile) as exc:
+        except (OSError, EOFError, gzip.BadGzipFile, UnicodeDecodeError) as exc:
             raise BatchFormatError(f"batch file {path} is unreadable or truncated: {exc}") from exc
 
     @classmethod
@@ -299,8 +299,9 @@ class StructureBatch:
             raise BatchFormatError(f"{source}: empty file, no batch header") from exc
         except json.JSONDecodeError as exc:
             raise BatchFormatError(f"{source}: first line is not a batch header: {exc}") from exc
-        if header.get("format") != BATCH_FORMAT:
-            raise BatchFormatError(f"{source}: not a {BATCH_FORMAT} file (format={header.get('format')!r})")
+        if not isinstance(header, dict) or header.get("format") != BATCH_FORMAT:
+            found = header.get("format") if isinstance(header, dict) else type(header).__name__
+            raise BatchFormatError(f"{source}: not a {BATCH_FORMAT} file (format={found!r})")
         if header.get("version", 0) > BATCH_FORMAT_VERSION:
             raise BatchFormatError(f"{source}: batch format version {header['version']} is newer than this reader")
         structures, meta, fragments = [], [], []

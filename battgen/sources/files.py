@@ -150,6 +150,8 @@ class RowFilter:
 
 def structure_problem(structure: Structure) -> tuple[str, str] | None:
     """Why a parsed structure cannot go into a batch (reason, detail), or None if it can."""
+    if not len(structure):  # an extended-XYZ frame of 0 atoms, a CIF without sites
+        return MALFORMED, "no atoms"
     if not structure.is_ordered:
         return DISORDERED, f"partial occupancies in {structure.composition.formula}"
     # Periodic images count too: a cell edge shorter than 0.5 Å is as broken as two stacked atoms.
