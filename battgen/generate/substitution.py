@@ -217,6 +217,8 @@ class SubstitutionGenerator(Generator):
         conditions = validate_conditions(conditions)
         if n < 0:
             raise ValueError(f"n must be >= 0, got {n}")
+        if n and not len(seed_structures):
+            raise ValueError("substitution needs seed structures to substitute, but the seed batch has no rows")
         pool: list[tuple[int, int, dict, dict]] = []  # (seed index, rank, candidate, host)
         for seed_index, (meta, structure) in enumerate(
             tqdm(seed_structures, desc="substitution", disable=not self.progress)

@@ -83,6 +83,8 @@ NPT_BAROSTATS = ("inhomogeneous_berendsen", "berendsen")
 NVT_THERMOSTATS = ("nose_hoover_chain", "bussi", "langevin")
 NVT_CELLS = ("npt_average", "last")
 
+# No MLIP was trained on anything near this hot (seed 002 runs 600-1500 K): a typo such as 1e7.
+MAX_TEMPERATURE_K = 10_000.0
 MD_DEFAULTS: dict[str, Any] = {
     "input": "structure.json",
     "mlip": "chgnet",
@@ -157,6 +159,11 @@ def validate_md_config(config: dict[str, Any]) -> dict[str, Any]:
     settings = {**MD_DEFAULTS, **config}
     for key in ("temperature_K", "taut_fs", "taup_fs", "bulk_modulus_GPa", "max_temperature_factor"):
         settings[key] = _number(settings, key)
+    if settings["temperature_K"] > MAX_TEMPERATURE_K:
+        raise InvalidInputError(
+            f"temperature_K {settings['temperature_K']:g} K is above {MAX_TEMPERATURE_K:g} K, far outside any "
+            "MLIP's training data"
+        )
     for key in ("npt_time_ps", "nvt_time_ps"):
         settings[key] = _number(settings, key, allow_zero=True)
     if settings["npt_time_ps"] + settings["nvt_time_ps"] <= 0:
@@ -572,6 +579,11 @@ def _prepare_structure(settings: dict[str, Any], workdir: Path) -> tuple[Any, di
         structure = Structure.from_file(path)
     except Exception as exc:  # noqa: BLE001 - any parse failure is an input problem
         raise InvalidInputError(f"cannot read {settings['input']}: {exc}") from exc
+    from battgen.sources.files import structure_problem
+
+    problem = structure_problem(structure)
+    if problem:  # MD of stacked atoms only "finds" a temperature runaway; say what is wrong instead
+        raise InvalidInputError(f"{settings['input']}: {problem[0].replace('_', ' ')}: {problem[1]}")
     setup: dict[str, Any] = {"n_atoms_input": len(structure)}
     ion = settings["working_ion"]
     if ion and ion not in {el.symbol for el in structure.composition.elements}:
@@ -613,8 +625,6 @@ def run_md_command(config: dict[str, Any], workdir: Path, calculator: Any = None
         setup = json.loads((workdir / "md_setup.json").read_text(encoding="utf-8"))
     else:
         structure, setup = _prepare_structure(settings, workdir)
-        structure.to(filename=str(workdir / INITIAL_STRUCTURE_FILENAME))
-        _atomic_write_json(workdir / "md_setup.json", setup)
 
     model = None
     if calculator is None:
@@ -627,6 +637,10 @@ def run_md_command(config: dict[str, Any], workdir: Path, calculator: Any = None
             raise InvalidInputError(f"element(s) {missing} not supported by {info.model_name}")
         model = info.as_dict()
         model.pop("supported_elements")
+    if not resuming or not (workdir / INITIAL_STRUCTURE_FILENAME).exists():
+        # Written only once the input is known to be usable: invalid input leaves just the summary.
+        structure.to(filename=str(workdir / INITIAL_STRUCTURE_FILENAME))
+        _atomic_write_json(workdir / "md_setup.json", setup)
 
     atoms = AseAtomsAdaptor.get_atoms(structure)
     started = time.perf_counter()

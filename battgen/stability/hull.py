@@ -400,6 +400,10 @@ def hull_from_config(config: dict[str, Any], workdir: Path) -> ReferenceHull:
         raise InvalidInputError(str(exc)) from exc
 
 
+_HULL_CONFIG_KEYS = {"structures", "reference_batch", "reference_entries", "label", "compatibility",
+                     "candidate_compatibility", "output"}
+
+
 def run_hull_command(config: dict[str, Any], workdir: Path) -> dict[str, Any]:
     """``battgen hull``: annotate a batch with energies against a reference hull.
 
@@ -411,6 +415,9 @@ def run_hull_command(config: dict[str, Any], workdir: Path) -> dict[str, Any]:
     """
     from battgen.cli import InvalidInputError
 
+    unknown = sorted(set(config) - _HULL_CONFIG_KEYS)
+    if unknown:
+        raise InvalidInputError(f"unknown config key(s) {unknown}; allowed: {sorted(_HULL_CONFIG_KEYS)}")
     if "structures" not in config:
         raise InvalidInputError("config needs 'structures': the batch file with energy_eV per row")
     try:

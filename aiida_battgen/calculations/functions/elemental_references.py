@@ -9,6 +9,10 @@ from battgen.stability.elemental import elemental_reference_structures
 @calcfunction
 def elemental_references(**batches: StructureBatchData):
     """One ground-state-like structure per element found in any input batch (for an MLIP-referenced hull)."""
+    # A dynamic namespace takes any Data: say which input is not a batch instead of finding no elements.
+    wrong = {label: type(node).__name__ for label, node in batches.items() if not isinstance(node, StructureBatchData)}
+    if wrong:
+        return ExitCode(321, f"input(s) {wrong} are not structure batches (battgen.structure_batch)")
     elements = sorted({el for batch in batches.values() for el in batch.base.attributes.get("elements", [])})
     if not elements:
         return ExitCode(320, "the input batches contain no elements")

@@ -20,6 +20,9 @@ def funnel_summary(**stages: StructureBatchData):
     unknown = set(stages) - set(FUNNEL_STAGES)
     if unknown:
         raise ValueError(f"unknown funnel stage(s) {sorted(unknown)}; known: {FUNNEL_STAGES}")
+    wrong = {label: type(node).__name__ for label, node in stages.items() if not isinstance(node, StructureBatchData)}
+    if wrong:
+        raise TypeError(f"funnel stage(s) {wrong} are not structure batches (battgen.structure_batch)")
     counts = {}
     for stage in (s for s in FUNNEL_STAGES if s in stages):
         counts[stage] = stages[stage].n_rows
