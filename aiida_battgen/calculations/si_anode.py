@@ -25,6 +25,7 @@ RELAXED_FILENAME = "relaxed.jsonl.gz"
 TABLE_FILENAME = "configurations.csv"
 TABLE_JSON_FILENAME = "configurations.json"
 SLOPES_FILENAME = "slopes.json"
+SLOPES_TABLE_FILENAME = "slopes.csv"
 FIGURE_FILENAME = "channel_radius_vs_soc.png"
 
 # Science settings a user may set (units in the names); input/source/restart/progress are set by the job.
@@ -68,7 +69,7 @@ class SiAnodeCalculation(BattgenCalcJob):
 
     COMMAND = "si-anode"
     OUTPUT_FILES = (COMPOUNDS_FILENAME, RELAXED_FILENAME, TABLE_FILENAME, TABLE_JSON_FILENAME, SLOPES_FILENAME,
-                    FIGURE_FILENAME)
+                    SLOPES_TABLE_FILENAME, FIGURE_FILENAME)
 
     @classmethod
     def define(cls, spec) -> None:

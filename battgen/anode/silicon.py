@@ -65,6 +65,7 @@ RELAXED_FILENAME = "relaxed.jsonl.gz"
 TABLE_FILENAME = "configurations.csv"
 TABLE_JSON_FILENAME = "configurations.json"
 SLOPES_FILENAME = "slopes.json"
+SLOPES_TABLE_FILENAME = "slopes.csv"
 FIGURE_FILENAME = "channel_radius_vs_soc.png"
 CHECKPOINT_FORMAT = "battgen.si_anode_checkpoint"
 
@@ -431,6 +432,7 @@ def run_channel_stability(
         plot_channel_radius_vs_soc({c: groups[c] for c in ranked}, slopes["fits"], workdir / FIGURE_FILENAME,
                                    labels=labels)
         _atomic_write_json(workdir / SLOPES_FILENAME, {**slopes, "units": UNITS})
+        _write_slopes_table(slopes, labels, workdir / SLOPES_TABLE_FILENAME)
         outputs["ranking"] = slopes["ranking"]
     return outputs
 
@@ -473,6 +475,19 @@ def _atomic_write_json(path: Path, payload: Any) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(payload, indent=1, default=_json_default), encoding="utf-8")
     os.replace(tmp, path)
+
+
+SLOPES_TABLE_COLUMNS = ("rank", "compound", "formula", "slope_A_per_unit_soc", "slope_err_A_per_unit_soc",
+                        "intercept_A", "pearson_r", "spearman_rho", "n_points", "reason")
+
+
+def _write_slopes_table(slopes: dict[str, Any], labels: dict[str, str], path: Path) -> None:
+    """The ranking as CSV (slopes in Å per unit SOC), the table people read first."""
+    from battgen.report import write_csv
+
+    rows = [{**slopes["fits"][entry["compound"]], **entry, "formula": labels.get(entry["compound"], "").split(" (")[0]}
+            for entry in slopes["ranking"]]
+    write_csv(rows, SLOPES_TABLE_COLUMNS, path)
 
 
 def _write_table(table: list[dict[str, Any]], workdir: Path) -> None:
@@ -574,9 +589,9 @@ def run_si_anode_command(config: dict[str, Any], workdir: Path, calculator: Any 
                          channel_function: Callable[..., dict[str, Any]] = default_channel_radius) -> dict[str, Any]:
     """``battgen si-anode``: mine, sample, relax, analyse, fit; writes :data:`COMPOUNDS_FILENAME`,
     :data:`CONFIGURATIONS_FILENAME`, :data:`CHECKPOINT_FILENAME`, :data:`RELAXED_FILENAME`, the table
-    (:data:`TABLE_FILENAME`, :data:`TABLE_JSON_FILENAME`) and, once complete, :data:`SLOPES_FILENAME` and
-    :data:`FIGURE_FILENAME`. ``calculator`` / ``channel_function`` replace the MLIP / the void analysis
-    (cheap stand-ins in tests)."""
+    (:data:`TABLE_FILENAME`, :data:`TABLE_JSON_FILENAME`) and, once complete, :data:`SLOPES_FILENAME`,
+    :data:`SLOPES_TABLE_FILENAME` and :data:`FIGURE_FILENAME`. ``calculator`` / ``channel_function`` replace
+    the MLIP / the void analysis (cheap stand-ins in tests)."""
     settings = validate_si_anode_config(config)
     workdir = Path(workdir)
     compounds = read_compounds(settings, workdir)
@@ -599,7 +614,7 @@ def run_si_anode_command(config: dict[str, Any], workdir: Path, calculator: Any 
              "checkpoint": CHECKPOINT_FILENAME, "relaxed": RELAXED_FILENAME, "table": TABLE_FILENAME,
              "table_json": TABLE_JSON_FILENAME}
     if outputs["status"] == "completed":
-        files.update(slopes=SLOPES_FILENAME, figure=FIGURE_FILENAME)
+        files.update(slopes=SLOPES_FILENAME, slopes_table=SLOPES_TABLE_FILENAME, figure=FIGURE_FILENAME)
     return {
         "files": files,
         "n_input_compounds": len(compounds),

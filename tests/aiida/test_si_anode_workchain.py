@@ -43,7 +43,7 @@ def test_constants_and_keys_match_the_science_layer():
     from battgen.anode import silicon
 
     for name in ("INPUT_FILENAME", "COMPOUNDS_FILENAME", "CHECKPOINT_FILENAME", "RELAXED_FILENAME", "TABLE_FILENAME",
-                 "TABLE_JSON_FILENAME", "SLOPES_FILENAME", "FIGURE_FILENAME"):
+                 "TABLE_JSON_FILENAME", "SLOPES_FILENAME", "SLOPES_TABLE_FILENAME", "FIGURE_FILENAME"):
         assert getattr(si_anode_calc, name) == getattr(silicon, name), name
     assert si_anode_calc.SI_ANODE_KEYS == set(silicon.SI_ANODE_DEFAULTS) - {"input", "source", "restart", "progress"}
 

@@ -182,6 +182,9 @@ def test_command_writes_table_slopes_and_figure(tmp_path):
     assert fit["n_points"] == 7 and fit["slope_err_A_per_unit_soc"] > 0
     assert fit["slope_A_per_unit_soc"] < 0  # the stand-in radius grows with the volume per atom as Li leaves
     assert outputs["ranking"][0]["compound"] == "li15si4"
+    ranking_csv = (tmp_path / silicon.SLOPES_TABLE_FILENAME).read_text().splitlines()
+    assert ranking_csv[0].startswith("rank,compound,formula,slope_A_per_unit_soc") and ranking_csv[1].startswith(
+        "1,li15si4,Li15Si4,")
     relaxed = StructureBatch.read(tmp_path / silicon.RELAXED_FILENAME)
     assert relaxed.row_ids == [f"li15si4/{s}" for s in ["full"] + [f"d{i:02d}" for i in range(1, 7)]]
     compounds = json.loads((tmp_path / silicon.COMPOUNDS_FILENAME).read_text())["compounds"]
