@@ -3,6 +3,11 @@
 Thousands of candidates travel as one ``StructureBatchData`` per step; only the shortlist becomes
 individual ``StructureData`` nodes (through ``extract_structure``), so every survivor's graph leads back
 through the batches to the source.
+
+Optional DFT stage (``dft`` input, protocol key ``dft``, off by default): the best ``dft.top_k`` shortlisted
+candidates each go through ``battgen.dft.formation_energy`` (DFT relaxation with VASP or Quantum ESPRESSO,
+elemental references with the same settings, Ef, E_hull on the DFT hull), so a candidate's graph runs from
+the source snapshot to a DFT energy.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ StructureBatchData = DataFactory("battgen.structure_batch")
 MlipRelaxBaseWorkChain = WorkflowFactory("battgen.mlip.relax_base")
 GenerateBaseWorkChain = WorkflowFactory("battgen.generate_base")
 PropertyScreenWorkChain = WorkflowFactory("battgen.property_screen")
+DftFormationEnergyWorkChain = WorkflowFactory("battgen.dft.formation_energy")
 ModelData = DataFactory("battgen.model")
 
 batch_from_snapshot = CalculationFactory("battgen.batch_from_snapshot")
@@ -83,7 +89,31 @@ def validate_generation(generation: dict, models: dict) -> str | None:
     return None
 
 
+DFT_KEYS = {"enabled", "engine", "protocol", "overrides", "family", "top_k"}
+
+
+def validate_dft(dft: dict, has_code: bool) -> str | None:
+    """The optional DFT stage: known keys, a DFT code when enabled, a positive top_k."""
+    unknown = sorted(set(dft) - DFT_KEYS)
+    if unknown:
+        return f"unknown `dft` key(s) {unknown}; allowed: {sorted(DFT_KEYS)}"
+    if not dft.get("enabled"):
+        return None
+    if dft.get("engine") not in ("vasp", "quantumespresso"):
+        return f"`dft.engine` must be vasp or quantumespresso, got {dft.get('engine')!r}"
+    top_k = dft.get("top_k")
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+        return f"`dft.top_k` must be a positive integer, got {top_k!r}"
+    if not has_code:
+        return "the DFT stage is enabled: give `dft_code` (pw.x or VASP)"
+    return None
+
+
 def validate_inputs(inputs, _):
+    if "dft" in inputs:
+        error = validate_dft(inputs["dft"].get_dict(), "dft_code" in inputs)
+        if error:
+            return error
     if "seed_structures" not in inputs and "snapshot" not in inputs:
         return "give either `seed_structures` (a structure batch) or `snapshot` (a source snapshot)"
     generation = inputs["generation"].get_dict()
@@ -151,6 +181,14 @@ class DiscoveryWorkChain(ProtocolMixin, WorkChain):
                    help="Group that receives the shortlisted StructureData nodes.")
         spec.expose_inputs(MlipRelaxBaseWorkChain, namespace="relax", exclude=("relax.structures",),
                            namespace_options={"help": "Inputs of the MLIP relaxations (code, parameters, options)."})
+        spec.input("dft", valid_type=orm.Dict, required=False,
+                   help="Optional DFT stage for the shortlist: enabled, engine (vasp | quantumespresso), protocol "
+                        "and overrides of battgen.dft.relax, family (POTCAR / pseudopotential family label), top_k "
+                        "(number of best shortlisted candidates sent to DFT).")
+        spec.input("dft_code", valid_type=orm.AbstractCode, required=False,
+                   help="The DFT code (pw.x or VASP) of the DFT stage.")
+        spec.input("dft_options", valid_type=orm.Dict, required=False,
+                   help="metadata.options of the DFT calculations (resources, wall time in s).")
         spec.inputs.validator = validate_inputs
 
         spec.outline(
@@ -169,6 +207,10 @@ class DiscoveryWorkChain(ProtocolMixin, WorkChain):
                 cls.compute_stability,
                 cls.make_shortlist,
                 cls.extract_candidates,
+                if_(cls.has_dft_stage)(
+                    cls.run_dft,
+                    cls.inspect_dft,
+                ),
             ),
             cls.results,
         )
@@ -183,6 +225,12 @@ class DiscoveryWorkChain(ProtocolMixin, WorkChain):
         spec.output("shortlist", valid_type=StructureBatchData, required=False, help="Ranked shortlist batch.")
         spec.output_namespace("candidates", valid_type=orm.StructureData, dynamic=True,
                               help="Shortlisted candidates as StructureData, labelled by rank and row id.")
+        spec.output_namespace("dft_formation_energy", valid_type=orm.Float, dynamic=True, required=False,
+                              help="DFT stage: formation energy per candidate label (eV/atom).")
+        spec.output_namespace("dft_e_above_hull", valid_type=orm.Float, dynamic=True, required=False,
+                              help="DFT stage: E_hull on the DFT hull per candidate label (eV/atom).")
+        spec.output_namespace("dft_relaxed_structures", valid_type=orm.StructureData, dynamic=True, required=False,
+                              help="DFT stage: DFT-relaxed candidates by label (Å).")
 
         spec.exit_code(501, "ERROR_SOURCE_FAILED", message="Turning the snapshot into seed structures failed.")
         spec.exit_code(502, "ERROR_GENERATION_FAILED", message="The generator failed.")
@@ -191,13 +239,17 @@ class DiscoveryWorkChain(ProtocolMixin, WorkChain):
         spec.exit_code(505, "ERROR_STABILITY_FAILED", message="The energy-above-hull step failed.")
         spec.exit_code(506, "ERROR_SHORTLIST_FAILED", message="Ranking / extracting the shortlist failed.")
         spec.exit_code(507, "ERROR_PROPERTY_SCREEN_FAILED", message="The ML property screen failed: {message}")
+        spec.exit_code(508, "ERROR_DFT_FAILED", message="The DFT stage failed for {labels}.")
         spec.exit_code(701, "WARNING_NO_CANDIDATES",
                        message="No candidate survived screening; the funnel is attached, nothing was relaxed.")
 
     @classmethod
     def get_builder_from_protocol(cls, code, seed_structures=None, protocol=None, overrides=None, options=None,
-                                  snapshot=None, reference_structures=None):
-        """A filled builder; ``overrides`` are deep-merged into the protocol and unknown keys rejected."""
+                                  snapshot=None, reference_structures=None, dft_code=None, dft_options=None):
+        """A filled builder; ``overrides`` are deep-merged into the protocol and unknown keys rejected.
+
+        With ``dft.enabled`` in the protocol/overrides the DFT stage is set up and ``dft_code`` is required.
+        """
         inputs = cls.get_protocol_inputs(protocol, overrides)
         builder = cls.get_builder()
         if seed_structures is not None:
@@ -213,6 +265,13 @@ class DiscoveryWorkChain(ProtocolMixin, WorkChain):
         builder.relax.relax.parameters = orm.Dict(inputs["relax"])
         if options:
             builder.relax.relax.metadata.options = options
+        if inputs["dft"]["enabled"]:
+            if dft_code is None:
+                raise ValueError("the DFT stage is enabled: pass dft_code (pw.x or VASP)")
+            builder.dft = orm.Dict(inputs["dft"])
+            builder.dft_code = dft_code
+            if dft_options:
+                builder.dft_options = orm.Dict(dft_options)
         return builder
 
     # ------------------------------------------------------------------------------------------------
@@ -428,9 +487,56 @@ class DiscoveryWorkChain(ProtocolMixin, WorkChain):
             if not node.is_finished_ok:
                 return self.exit_codes.ERROR_SHORTLIST_FAILED
             candidates[label] = outputs["structure"]
+        self.ctx.candidates = candidates  # in rank order
         self.out("candidates", candidates)
         if group is not None and candidates:
             group.add_nodes(list(candidates.values()))
+
+    def has_dft_stage(self):
+        return "dft" in self.inputs and bool(self.inputs.dft.get("enabled")) and bool(self.ctx.get("candidates"))
+
+    def run_dft(self):
+        """One battgen.dft.formation_energy per best shortlisted candidate (MP entries only for comparison)."""
+        settings = self.inputs.dft.get_dict()
+        futures = {}
+        for label in list(self.ctx.candidates)[: settings["top_k"]]:
+            inputs = AttributeDict({
+                "structure": self.ctx.candidates[label],
+                "code": self.inputs.dft_code,
+                "engine": orm.Str(settings["engine"]),
+                "protocol": orm.Str(settings.get("protocol") or "balanced"),
+                "metadata": {"call_link_label": f"dft_{label}"},
+            })
+            if settings.get("overrides"):
+                inputs.overrides = orm.Dict(settings["overrides"])
+            if settings.get("family"):
+                inputs.family = orm.Str(settings["family"])
+            if "dft_options" in self.inputs:
+                inputs.options = self.inputs.dft_options
+            if "hull_reference_entries" in self.inputs:
+                inputs.mp_entries = self.inputs.hull_reference_entries
+            futures[f"dft_{label}"] = self.submit(DftFormationEnergyWorkChain, **inputs)
+            self.report(f"launched DftFormationEnergyWorkChain<{futures[f'dft_{label}'].pk}> for {label}")
+        return ToContext(**futures)
+
+    def inspect_dft(self):
+        failed = []
+        energies, hulls, structures = {}, {}, {}
+        for label in list(self.ctx.candidates)[: self.inputs.dft["top_k"]]:
+            node = self.ctx[f"dft_{label}"]
+            if not node.is_finished_ok:
+                self.report(f"DFT stage of {label} <{node.pk}> failed: {node.exit_message}")
+                failed.append(label)
+                continue
+            energies[label] = node.outputs.formation_energy_per_atom
+            hulls[label] = node.outputs.e_above_hull
+            structures[label] = node.outputs.relaxed_structure
+        self.out("dft_formation_energy", energies)
+        self.out("dft_e_above_hull", hulls)
+        self.out("dft_relaxed_structures", structures)
+        if failed:
+            return self.exit_codes.ERROR_DFT_FAILED.format(labels=", ".join(failed))
+        return None
 
     def results(self):
         funnel, _ = self._run_calcfunction(funnel_summary, "funnel_summary", **self.ctx.funnel)
