@@ -122,9 +122,11 @@ class DftFormationEnergyWorkChain(WorkChain):
             if not qe.get("ecutwfc_Ry"):
                 from aiida.orm import load_group
 
-                family_label = (self.inputs.family.value if "family" in self.inputs
-                                else DftRelaxWorkChain.get_protocol_inputs(self.inputs.protocol.value,
-                                                                           overrides)["quantumespresso"]["pseudo_family"])
+                if "family" in self.inputs:
+                    family_label = self.inputs.family.value
+                else:
+                    protocol = DftRelaxWorkChain.get_protocol_inputs(self.inputs.protocol.value, overrides)
+                    family_label = protocol["quantumespresso"]["pseudo_family"]
                 wfc, rho = load_group(family_label).get_recommended_cutoffs(structure=self.inputs.structure, unit="Ry")
                 qe["ecutwfc_Ry"], qe["ecutrho_Ry"] = wfc, rho
         return overrides
