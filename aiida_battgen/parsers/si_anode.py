@@ -18,13 +18,15 @@ from aiida_battgen.parsers.base import BattgenParser, ParsingError
 
 # Table column -> array dtype; missing values become NaN (floats) or -1 (integers).
 TABLE_ARRAYS = {
-    "row_id": str, "compound_id": str, "formula": str, "configuration_index": int, "state_of_charge": float,
+    "row_id": str, "compound_id": str, "compound_formula": str, "formula": str, "configuration_index": int,
+    "state_of_charge": float,
     "removed_fraction": float, "n_working_ion_removed": int, "energy_per_atom_eV": float,
     "max_force_eV_per_A": float, "volume_A3": float, "gravimetric_capacity_mAh_per_g": float,
     "channel_radius_A": float, "used_in_fit": bool, "relax_status": str,
 }
 # Array names: plural for the string identifiers, the column name otherwise.
-ARRAY_NAMES = {"row_id": "row_ids", "compound_id": "compound_ids", "formula": "formulas"}
+ARRAY_NAMES = {"row_id": "row_ids", "compound_id": "compound_ids", "compound_formula": "compound_formulas",
+               "formula": "formulas"}
 
 
 def table_arrays(rows: list[dict[str, Any]], units: dict[str, str]) -> orm.ArrayData:

@@ -51,8 +51,8 @@ import numpy as np
 from pymatgen.core import Element, Structure
 from pymatgen.transformations.site_transformations import RemoveSitesTransformation
 
-from battgen.anode.slope import (SLOPE_UNITS, fit_compounds, group_points, plot_channel_radius_vs_soc,
-                                 rank_by_abs_slope)
+from battgen.anode.slope import (SLOPE_UNITS, compound_label, fit_compounds, group_points,
+                                 plot_channel_radius_vs_soc, rank_by_abs_slope)
 from battgen.batch import BatchFormatError, StructureBatch
 from battgen.cli import InvalidInputError
 from battgen.electrochem.capacity import CAPACITY_BASES, electrode_capacity
@@ -116,7 +116,8 @@ UNITS = {
 }
 # Per-configuration table columns (CSV and the AiiDA table), units in the names.
 TABLE_COLUMNS = (
-    "row_id", "compound_id", "formula", "configuration_index", "state_of_charge", "removed_fraction",
+    "row_id", "compound_id", "compound_formula", "formula", "configuration_index", "state_of_charge",
+    "removed_fraction",
     "n_working_ion", "n_working_ion_removed", "relax_status", "energy_per_atom_eV", "max_force_eV_per_A",
     "volume_A3", "volume_per_host_atom_A3", "gravimetric_capacity_mAh_per_g", "channel_radius_A",
     "largest_included_sphere_A", "channel_dimensionality", "used_in_fit", "note",
@@ -426,7 +427,7 @@ def run_channel_stability(
     }
     if status == "completed":
         slopes = compound_slopes(table)
-        labels = {m["row_id"]: f"{s.composition.reduced_formula} ({m['row_id']})" for m, s in compounds}
+        labels = {m["row_id"]: compound_label(s.composition.reduced_formula, m["row_id"]) for m, s in compounds}
         ranked = [entry["compound"] for entry in slopes["ranking"]]
         groups = group_points(*_fit_columns(table))
         plot_channel_radius_vs_soc({c: groups[c] for c in ranked}, slopes["fits"], workdir / FIGURE_FILENAME,
@@ -446,6 +447,7 @@ def configuration_table(relaxed: StructureBatch) -> list[dict[str, Any]]:
         notes = [n for n in (meta.get("relax_message"), meta.get("channel_note")) if n]
         rows.append({
             **{key: meta.get(key) for key in TABLE_COLUMNS},
+            "compound_formula": meta.get("formula_full"),
             "formula": structure.composition.reduced_formula,
             "used_in_fit": bool(usable),
             "note": "; ".join(notes) or None,
@@ -486,7 +488,7 @@ def _write_slopes_table(slopes: dict[str, Any], labels: dict[str, str], path: Pa
     from battgen.report import write_csv
 
     rows = [{**slopes["fits"][entry["compound"]], **entry, "formula": labels.get(entry["compound"], "").split(" (")[0]}
-            for entry in slopes["ranking"]]
+            for entry in slopes["ranking"]]  # the label starts with the formula
     write_csv(rows, SLOPES_TABLE_COLUMNS, path)
 
 

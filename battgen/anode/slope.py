@@ -135,6 +135,11 @@ def rank_by_abs_slope(fits: Mapping[str, Mapping[str, Any]]) -> list[dict[str, A
     return ranking
 
 
+def compound_label(formula: str, compound_id: str) -> str:
+    """Panel title: the formula, and the compound id when it says something more (e.g. an MP id)."""
+    return formula if formula == compound_id else f"{formula} ({compound_id})"
+
+
 def plot_channel_radius_vs_soc(
     groups: Mapping[str, tuple[Sequence[float], Sequence[float]]],
     fits: Mapping[str, Mapping[str, Any]],

@@ -79,7 +79,7 @@ def _table(compounds: dict[str, tuple[list[float], list[float]]]) -> orm.ArrayDa
         radii += list(radius)
     table = orm.ArrayData()
     table.set_array("compound_ids", np.array(ids, dtype=str))
-    table.set_array("formulas", np.array(ids, dtype=str))
+    table.set_array("compound_formulas", np.array(ids, dtype=str))
     table.set_array("state_of_charge", np.array(socs, dtype=float))
     table.set_array("channel_radius_A", np.array(radii, dtype=float))
     table.set_array("used_in_fit", np.isfinite(np.array(radii, dtype=float)))
@@ -186,6 +186,8 @@ def test_parser_success_incomplete_and_failures(tmp_path, monkeypatch, parse_fol
     # 30 Li, 4 levels: round(7.5) = 8 (halves to even), 15, round(22.5) = 22, 30 removed
     assert list(table.get_array("state_of_charge")) == pytest.approx([1.0, 22 / 30, 0.5, 8 / 30, 0.0])
     assert list(table.get_array("compound_ids")) == ["Li15Si4"] * 5 and table.get_array("used_in_fit").all()
+    assert list(table.get_array("compound_formulas")) == ["Li15Si4"] * 5
+    assert list(table.get_array("formulas"))[-1] == "Si"
     assert results["compounds"]["compounds"][0]["passed"] and results["figure"].filename.endswith(".png")
     assert results["output_parameters"]["status"] == "completed"
 

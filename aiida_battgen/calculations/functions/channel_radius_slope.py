@@ -22,8 +22,8 @@ def channel_radius_slope(configurations: orm.ArrayData):
     ``ranking`` (compounds by |slope| ascending: the most stable channel first) and ``figure`` (PNG).
     Exit codes: 350 the table lacks a column; 351 no compound has enough points for a slope with an error.
     """
-    from battgen.anode.slope import (SLOPE_UNITS, fit_compounds, group_points, plot_channel_radius_vs_soc,
-                                     rank_by_abs_slope)
+    from battgen.anode.slope import (SLOPE_UNITS, compound_label, fit_compounds, group_points,
+                                     plot_channel_radius_vs_soc, rank_by_abs_slope)
 
     names = set(configurations.get_arraynames())
     missing = [name for name in REQUIRED_ARRAYS if name not in names]
@@ -39,8 +39,9 @@ def channel_radius_slope(configurations: orm.ArrayData):
         reasons = "; ".join(f"{e['compound']}: {e['reason']}" for e in ranking)
         return ExitCode(351, f"no compound could be fitted: {reasons}")
     labels = {}
-    if "formulas" in names:
-        labels = {c: f"{f} ({c})" for c, f in zip(compound_ids, configurations.get_array("formulas"))}
+    if "compound_formulas" in names:  # of the fully lithiated compound, not of each configuration
+        labels = {c: compound_label(str(f), c)
+                  for c, f in zip(compound_ids, configurations.get_array("compound_formulas"))}
     with tempfile.TemporaryDirectory() as scratch:
         path = Path(scratch) / "channel_radius_vs_soc.png"
         plot_channel_radius_vs_soc({e["compound"]: groups[e["compound"]] for e in ranking}, fits, path, labels=labels)
