@@ -22,7 +22,7 @@ PARAMETERS_SCHEMA: dict[str, tuple[type | tuple[type, ...], str]] = {
                                                  "0.9 × channel radius"),
     "radii": ((str, dict), "atomic radii: 'crystal' (Shannon crystal radii, default), 'zeopp' or element -> Å"),
     "grid_spacing_A": ((float, int), "clearance-grid spacing in Å for void fraction; default 0.2"),
-    "engine": (str, "void-analysis engine: 'zeopp'"),
+    "engine": (str, "void-analysis engine: 'zeopp' (pyzeo, default) or 'cavd' (CAVD's Voronoi network)"),
 }
 
 
@@ -31,8 +31,8 @@ def validate_channel_parameters(parameters: orm.Dict, _=None) -> str | None:
     error = validate_parameters_dict(values, PARAMETERS_SCHEMA)
     if error:
         return error
-    if values.get("engine", "zeopp") != "zeopp":
-        return f"engine must be 'zeopp', got {values['engine']!r}"
+    if values.get("engine", "zeopp") not in ("zeopp", "cavd"):
+        return f"engine must be 'zeopp' or 'cavd', got {values['engine']!r}"
     if isinstance(values.get("radii"), str) and values["radii"] not in ("crystal", "zeopp"):
         return f"radii must be 'crystal', 'zeopp' or a mapping element -> Å, got {values['radii']!r}"
     probe = values.get("probe_radius_A")

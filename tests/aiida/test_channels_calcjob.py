@@ -50,7 +50,7 @@ def test_exit_codes_below_400_invalidate_cache():
     ({"probe": 1.0}, r"unknown parameter\(s\) \['probe'\]"),
     ({"probe_radius_A": -0.1}, "≥ 0"),
     ({"radii": "ionic"}, "radii must be"),
-    ({"engine": "cavd"}, "engine must be"),
+    ({"engine": "voronoi"}, "engine must be"),
     ({"grid_spacing_A": True}, "got a bool"),
 ])
 def test_invalid_parameters_are_rejected(aiida_profile, battgen_code, parameters, match):

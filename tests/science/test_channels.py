@@ -118,11 +118,27 @@ def test_olivine_li_channel_is_one_dimensional_and_agrees_with_grid_percolation(
     assert analyze_channels(olivine).channel_radius_A < result.channel_radius_A - 0.1
 
 
+@pytest.mark.parametrize(("structure", "mobile_ion"), [
+    (hollandite_mno2(), None), (rutile_tio2(), None), (olivine_lifepo4(), "Li"),
+])
+def test_cavd_engine_agrees_with_zeopp(structure, mobile_ion):
+    """Both engines on the same radii: Di and Df to 1e-3 Å, the same dimensionality (CAVD's network as a
+    periodic graph vs Zeo++'s free-sphere analysis and channel count); CAVD's Dif is over the whole
+    percolating channel system, so it is at least Zeo++'s."""
+    zeopp = analyze_channels(structure, mobile_ion=mobile_ion)
+    cavd = analyze_channels(structure, mobile_ion=mobile_ion, engine="cavd")
+    assert cavd.engine == "cavd"
+    assert cavd.largest_included_sphere_A == pytest.approx(zeopp.largest_included_sphere_A, abs=1e-3)
+    assert cavd.channel_radius_A == pytest.approx(zeopp.channel_radius_A, abs=1e-3)
+    assert cavd.channel_dimensionality == zeopp.channel_dimensionality == 1
+    assert cavd.largest_included_sphere_along_free_path_A >= zeopp.largest_included_sphere_along_free_path_A - 1e-3
+
+
 def test_void_and_packing_fractions():
     """Packing fraction = Σ 4/3 π r³ / V exactly; void fraction of one sphere in a box = 1 − its volume
     fraction (grid estimate within 1 %); in a crystal void ≥ 1 − packing (overlaps count twice in packing)."""
     box = Structure(Lattice.cubic(8.0), ["O"], [[0.5, 0.5, 0.5]])
-    lone = analyze_channels(box, radii={"O": 1.5}, probe_radius_A=0.5)
+    lone = analyze_channels(box, radii={"O": 1.5}, probe_radius_A=0.5, grid_spacing_A=0.2)
     sphere = 4 / 3 * math.pi * 1.5**3 / 512
     assert lone.packing_fraction == pytest.approx(sphere, rel=1e-9)
     assert lone.void_fraction == pytest.approx(1 - sphere, abs=0.01)
@@ -148,7 +164,7 @@ def test_dimensionality_follows_the_probe_and_the_radii_sets():
     with pytest.raises(ValueError, match="not for"):
         analyze_channels(rutile, radii={"O": 1.4})
     with pytest.raises(ValueError, match="engine"):
-        analyze_channels(rutile, engine="cavd")
+        analyze_channels(rutile, engine="voronoi")
     with pytest.raises(ValueError, match="nothing left"):
         analyze_channels(Structure(Lattice.cubic(3.5), ["Li"], [[0, 0, 0]]), mobile_ion="Li")
 
@@ -200,7 +216,7 @@ def test_channels_command_writes_table_figure_and_batch(tmp_path):
 @pytest.mark.parametrize("config", [
     {}, {"input": "missing.jsonl.gz"}, {"input": "in.jsonl.gz", "radii": "bogus"},
     {"input": "in.jsonl.gz", "mobile_ion": "Xx"}, {"input": "in.jsonl.gz", "probe_radius_A": -1},
-    {"input": "in.jsonl.gz", "engine": "cavd"}, {"input": "in.jsonl.gz", "typo": 1},
+    {"input": "in.jsonl.gz", "engine": "voronoi"}, {"input": "in.jsonl.gz", "typo": 1},
 ])
 def test_channels_command_rejects_bad_input(tmp_path, config):
     from battgen.batch import StructureBatch
@@ -225,3 +241,22 @@ def test_real_mp20_structures(shared_data):
         assert 0 <= r.largest_free_sphere_A <= r.largest_included_sphere_along_free_path_A + 1e-6
         assert r.largest_included_sphere_along_free_path_A <= r.largest_included_sphere_A + 1e-6
         assert 0 <= r.channel_dimensionality <= 3 and 0 < r.void_fraction < 1
+
+
+@pytest.mark.shared_data
+def test_engines_agree_on_real_structures(shared_data):
+    """Forty MP-20 structures: CAVD's network graph and Zeo++ give the same Di, Df and dimensionality."""
+    from battgen.sources.files import read_mp20_csv
+
+    batch, _ = read_mp20_csv(shared_data / "mp20_mini_slices" / "raw_mp20_dataset_mini.csv", max_rows=40)
+    structures = [s for _, s in batch]
+    zeopp = analyze_batch(structures, progress=False)
+    cavd = analyze_batch(structures, progress=False, engine="cavd")
+    compared = 0
+    for a, b in zip(zeopp, cavd):
+        if isinstance(a, ChannelAnalysis) and isinstance(b, ChannelAnalysis):
+            compared += 1
+            assert b.largest_included_sphere_A == pytest.approx(a.largest_included_sphere_A, abs=2e-3)
+            assert b.largest_free_sphere_A == pytest.approx(a.largest_free_sphere_A, abs=2e-3)
+            assert b.channel_dimensionality == a.channel_dimensionality
+    assert compared >= 38
