@@ -102,6 +102,18 @@ def dft_entry(
     return ComputedEntry(composition, float(energy_eV), parameters=parameters, entry_id=entry_id)
 
 
+def reference_settings_for(settings: Mapping[str, Any], candidate_compatible: bool) -> dict[str, Any]:
+    """Settings of the elemental references computed with the candidate's protocol.
+
+    When the candidate's run is MP-compatible its protocol chose U per structure as MP does (MPRelaxSet),
+    so the references (metals: no U) carry the MP scheme rather than the candidate's own U values.
+    """
+    settings = dict(settings)
+    if candidate_compatible:
+        settings["hubbard_u"] = "MP"
+    return settings
+
+
 def apply_mp2020(entries: Iterable[ComputedEntry]) -> list[ComputedEntry]:
     """Copies of ``entries`` processed with MaterialsProject2020Compatibility (rejected ones dropped)."""
     return _quiet_process(list(entries), inplace=False)
@@ -187,7 +199,8 @@ def formation_energy_report(
     """
     compatible, reason = mp_compatibility(settings, structure.composition)
     candidate = dft_entry(structure, energy_eV, settings, entry_id="candidate")
-    reference_entries = [dft_entry(ref, energy, settings, entry_id=f"ref-{element}")
+    reference_settings = reference_settings_for(settings, compatible)
+    reference_entries = [dft_entry(ref, energy, reference_settings, entry_id=f"ref-{element}")
                          for element, (ref, energy) in sorted(references.items())]
     if compatible:
         processed = apply_mp2020([candidate, *reference_entries])
@@ -236,7 +249,7 @@ def dft_energy_above_hull(
     """
     compatible, reason = mp_compatibility(settings, structure.composition)
     candidate = dft_entry(structure, energy_eV, settings, entry_id="candidate")
-    entries = list(dft_entries)
+    entries = list(dft_entries)  # built by the caller, e.g. with reference_settings_for(settings, compatible)
     use_mp = compatible and mp_entries is not None
     if use_mp:
         entries = entries + list(mp_entries)

@@ -19,7 +19,13 @@ from aiida_battgen.calculations.functions.dft_formation_energy import (
     collect_references,
 )
 from aiida_battgen.calculations.functions.energy_above_hull import _read_entries
-from battgen.dft.formation import FormationEnergyError, dft_energy_above_hull as hull_point, dft_entry
+from battgen.dft.formation import (
+    FormationEnergyError,
+    dft_entry,
+    mp_compatibility,
+    reference_settings_for,
+)
+from battgen.dft.formation import dft_energy_above_hull as hull_point
 from battgen.stability.entries import EntriesFormatError
 from battgen.stability.hull import HullError
 
@@ -46,7 +52,10 @@ def dft_energy_above_hull(structure: orm.StructureData, total_energy: orm.Float,
             entries = _read_entries(mp_entries)
         except EntriesFormatError as exc:
             return ERROR_MP_ENTRIES.format(detail=str(exc))
-    dft_entries = [dft_entry(ref, energy, settings, entry_id=f"dft-{el}") for el, (ref, energy) in refs.items()]
+    compatible, _ = mp_compatibility(settings, structure.get_pymatgen_structure().composition)
+    reference_settings = reference_settings_for(settings, compatible)
+    dft_entries = [dft_entry(ref, energy, reference_settings, entry_id=f"dft-{el}")
+                   for el, (ref, energy) in refs.items()]
     try:
         point = hull_point(structure.get_pymatgen_structure(), total_energy.value, dft_entries, settings, entries)
     except (FormationEnergyError, HullError) as exc:
