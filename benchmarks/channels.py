@@ -11,7 +11,8 @@ Di / Df / Dif. For a like-for-like number the free-sphere part of ours is also t
 The CAVD engine (same outputs from CAVD's Voronoi network) is timed too (``cavd_per_s``).
 
 Usage: ``python benchmarks/channels.py [--n 1000]``; last line:
-``structures=<n> seconds=<ours> per_s=<ours> baseline_per_s=<pymatgen.io.zeopp> spheres_per_s=<ours, Di/Df/Dif only> cavd_per_s=<engine cavd> identical=<true|false>``.
+``structures=<n> seconds=<ours> per_s=<ours> baseline_per_s=<pymatgen.io.zeopp>
+spheres_per_s=<ours, Di/Df/Dif only> cavd_per_s=<engine cavd> identical=<true|false>`` (one line).
 """
 
 from __future__ import annotations
@@ -114,7 +115,8 @@ def main() -> None:
           f"{ {d: dims.count(d) for d in range(4)} }; Df agrees with pymatgen.io.zeopp on {len(compared)} structures",
           file=sys.stderr)
     print(f"structures={n} seconds={seconds:.2f} per_s={n / seconds:.1f} baseline_per_s={n / baseline_seconds:.1f} "
-          f"spheres_per_s={n / spheres_seconds:.1f} cavd_per_s={n / cavd_seconds:.1f} identical={'true' if identical else 'false'}")
+          f"spheres_per_s={n / spheres_seconds:.1f} cavd_per_s={n / cavd_seconds:.1f} "
+          f"identical={'true' if identical else 'false'}")
 
 
 if __name__ == "__main__":

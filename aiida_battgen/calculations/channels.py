@@ -72,7 +72,8 @@ class ChannelAnalysisCalculation(BattgenCalcJob):
                     help="Per-row arrays: channel_radius_A (Å), largest_included_sphere_A (Å), "
                          "largest_free_sphere_A (Å), channel_dimensionality, void_fraction, packing_fraction; NaN "
                          "(or -1) where a row failed; row_ids.")
-        spec.output("table", valid_type=orm.SinglefileData, help="CSV table of the results (units in the header names).")
+        spec.output("table", valid_type=orm.SinglefileData,
+                    help="CSV table of the results (units in the header names).")
         spec.output("figure", valid_type=orm.SinglefileData, help="Channel-radius histogram and void fraction (PNG).")
         spec.default_output_node = "output_parameters"
         spec.exit_code(410, "WARNING_ROWS_FAILED", message="{n} row(s) could not be analysed (outputs attached).")

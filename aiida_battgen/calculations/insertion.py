@@ -24,8 +24,8 @@ ION_CHARGES = {"Li": 1, "Na": 1, "K": 1, "Mg": 2, "Ca": 2, "Zn": 2, "Al": 3}
 PARAMETERS_SCHEMA: dict[str, tuple[type | tuple[type, ...], str]] = {
     "ions": (list, f"working ions to insert, from {sorted(ION_CHARGES)}; default [Li]"),
     "n_ions": (list, "numbers of ions per insertion (each a positive int); default [1]"),
-    "reference_energies_eV_per_atom": ((dict, type(None)), "ion -> reference energy in eV/atom (default: bulk metal relaxed with "
-                                             "the same MLIP)"),
+    "reference_energies_eV_per_atom": ((dict, type(None)), "ion -> reference energy in eV/atom (default: bulk "
+                                                           "metal relaxed with the same MLIP)"),
     "mlip": (str, "MLIP name (chgnet, sevennet, m3gnet); default chgnet"),
     "model_path": ((str, type(None)), "weights on the remote computer instead of the pretrained model"),
     "device": (str, "torch device: cpu or cuda"),
@@ -83,8 +83,9 @@ class InsertionCalculation(BattgenCalcJob):
                     help="Per (ion, n_ions, site type): voltage_V (V), insertion_energy_per_ion_eV (eV/ion), "
                          "energies (eV), reference_energy_eV_per_atom (eV/atom) and what the reference is; the "
                          "formula; site types with radius (Å); Bader result or message.")
-        spec.output("inserted_structures", valid_type=StructureBatchData, help="Relaxed host + ion structures, one row per insertion, with the result "
-                                             "columns (voltage_V in V, energies in eV).")
+        spec.output("inserted_structures", valid_type=StructureBatchData,
+                    help="Relaxed host + ion structures, one row per insertion, with the result columns "
+                         "(voltage_V in V, energies in eV).")
         spec.output("table", valid_type=orm.SinglefileData, help="CSV table: V per ion per channel (units in names).")
         spec.output("figure", valid_type=orm.SinglefileData, help="Insertion potential per ion and channel (PNG).")
         spec.default_output_node = "output_parameters"

@@ -27,9 +27,11 @@ class InsertionParser(BattgenParser):
             raise ParsingError(self.exit_codes.ERROR_OUTPUT_UNREADABLE.format(
                 error=f"{OUTPUT_TABLE_JSON} does not match the rows of {OUTPUT_BATCH}"))
         voltages = [r["voltage_V"] for r in rows if r.get("voltage_V") is not None]
-        best = max(rows, key=lambda r: r["voltage_V"] if r.get("voltage_V") is not None else float("-inf"), default=None)
+        scored = [r for r in rows if r.get("voltage_V") is not None]
+        best = max(scored, key=lambda r: r["voltage_V"], default=None)
         parameters = {
-            "formula": table.get("formula"), "units": table.get("units", {}), "ion_charges": table.get("ion_charges", {}),
+            "formula": table.get("formula"), "units": table.get("units", {}),
+            "ion_charges": table.get("ion_charges", {}),
             "settings": table.get("settings", {}), "site_types": table.get("site_types", {}), "rows": rows,
             "references": sorted({f"{r['ion']}: {r['reference']}" for r in rows}),
             "n_insertions": len(rows), "max_voltage_V": max(voltages) if voltages else None,

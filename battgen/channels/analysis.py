@@ -224,8 +224,8 @@ def analyze_channels(
 
     ``mobile_ion`` (e.g. ``"Li"``) is removed first, so the channels are those of the framework the ion
     moves through. ``probe_radius_A`` (Å) sets which space counts as accessible for
-    ``channel_dimensionality`` (default 0.9 × channel radius). ``scratch_dir``: where the engine's temporary files go (a fresh temporary
-    directory when None). ``channel_radius_A`` = ``largest_free_sphere_A`` / 2.
+    ``channel_dimensionality`` (default 0.9 × channel radius). ``scratch_dir``: where the engine's temporary
+    files go (a fresh temporary directory when None). ``channel_radius_A`` = ``largest_free_sphere_A`` / 2.
     """
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
@@ -298,9 +298,11 @@ def analyze_batch(
     results: list[ChannelAnalysis | str] = []
     if total is None and hasattr(structures, "__len__"):
         total = len(structures)  # type: ignore[arg-type]
-    with tempfile.TemporaryDirectory() as scratch, quiet_native_output():
-        bar = tqdm(structures, total=total, desc="channels (Zeo++)", unit="struct", disable=not progress,
-                   file=sys.__stderr__)
+    # the progress bar writes to a copy of stderr taken before Zeo++'s output is sent to /dev/null
+    with tempfile.TemporaryDirectory() as scratch, os.fdopen(os.dup(2), "w") as progress_stream, \
+            quiet_native_output():
+        bar = tqdm(structures, total=total, desc=f"channels ({settings.get('engine', 'zeopp')})", unit="struct",
+                   disable=not progress, file=progress_stream)
         for structure in bar:
             try:
                 results.append(analyze_channels(structure, scratch_dir=scratch, quiet=False, **settings))
@@ -383,7 +385,7 @@ def run_channels_command(config: dict[str, Any], workdir: Path) -> dict[str, Any
     Writes ``channels.jsonl.gz`` (the input rows with the result columns), ``channels.csv`` and
     ``channels.json`` (table with units) and ``channels.png``.
     """
-    from battgen.batch import BatchFormatError, StructureBatch
+    from battgen.batch import BatchFormatError
     from battgen.cli import InvalidInputError
     from battgen.report import write_csv
 

@@ -99,7 +99,8 @@ def reference_energy(ion: str, calculator: Any, supported: Any, settings: dict[s
     from battgen.stability.elemental import elemental_reference_structure
 
     structure, info = elemental_reference_structure(ion)
-    relaxed, record = _relax(structure, calculator, supported, {**settings, "max_steps": max(settings["max_steps"], 200)},
+    reference_settings = {**settings, "max_steps": max(settings["max_steps"], 200)}
+    relaxed, record = _relax(structure, calculator, supported, reference_settings,
                              fixed_cell=bool(info.get("fixed_cell")))
     if record["energy_per_atom_eV"] is None:
         raise RuntimeError(f"relaxing the {ion} reference failed: {record['relax_message']}")
@@ -139,7 +140,8 @@ def insertion_potentials(
     if calculator is None:
         from battgen.mlip.relax import load_relax_mlip
 
-        calculator, info = load_relax_mlip(settings["mlip"], model_path=settings["model_path"], device=settings["device"])
+        calculator, info = load_relax_mlip(settings["mlip"], model_path=settings["model_path"],
+                                           device=settings["device"])
         supported_elements = info.supported_elements
 
     host = host.copy()
@@ -205,7 +207,8 @@ def parse_acf(path: str | Path) -> dict[str, Any]:
         atoms = analysis._parse_acf()
     return {
         "charges_e": [a["charge"] for a in atoms], "atomic_volumes_A3": [a["atomic_vol"] for a in atoms],
-        "n_electrons": getattr(analysis, "nelectrons", None), "vacuum_charge_e": getattr(analysis, "vacuum_charge", None),
+        "n_electrons": getattr(analysis, "nelectrons", None),
+        "vacuum_charge_e": getattr(analysis, "vacuum_charge", None),
     }
 
 
@@ -361,7 +364,8 @@ def run_insertion_command(config: dict[str, Any], workdir: Path) -> dict[str, An
     return {
         "output": OUTPUT_BATCH, "table_csv": OUTPUT_TABLE_CSV, "table_json": OUTPUT_TABLE_JSON,
         "figure": OUTPUT_FIGURE, "n_hosts": len(hosts), "n_insertions": len(rows), "formula": formula,
-        "references": sorted({f"{r['ion']}: {r['reference']} = {r['reference_energy_eV_per_atom']:.4f} eV/atom" for r in rows}),
+        "references": sorted({f"{r['ion']}: {r['reference']} = {r['reference_energy_eV_per_atom']:.4f} eV/atom"
+                              for r in rows}),
         "voltages_V": [{k: r[k] for k in ("host", "ion", "n_ions", "channel", "site_type", "voltage_V")} for r in rows],
         "bader": bader, "seconds": round(time.perf_counter() - started, 3), "units": UNITS,
     }

@@ -37,8 +37,9 @@ class SiteType:
     frac_coords: list[list[float]] = field(default_factory=list)
 
     def as_dict(self) -> dict:
-        return {"label": self.label, "channel": self.channel, "radius_A": self.radius_A, "min_distance_A": self.min_distance_A,
-                "multiplicity": len(self.frac_coords), "frac_coords": self.frac_coords}
+        return {"label": self.label, "channel": self.channel, "radius_A": self.radius_A,
+                "min_distance_A": self.min_distance_A, "multiplicity": len(self.frac_coords),
+                "frac_coords": self.frac_coords}
 
 
 def voronoi_nodes(framework: Structure, radii_A: dict[str, float]) -> tuple[np.ndarray, np.ndarray]:

@@ -34,7 +34,8 @@ def test_entry_points_and_constants_match_the_science_layer():
 
 def test_aiida_layer_does_not_import_torch():
     code = ("import sys, aiida_battgen.calculations.channels, aiida_battgen.parsers.channels, "
-            "aiida_battgen.calculations.insertion, aiida_battgen.parsers.insertion, aiida_battgen.workchains.insertion, "
+            "aiida_battgen.calculations.insertion, aiida_battgen.parsers.insertion, "
+            "aiida_battgen.workchains.insertion, "
             "aiida_battgen.calculations.functions.insertion_voltage; "
             "bad = [m for m in ('torch', 'chgnet') if m in sys.modules]; print(bad); sys.exit(bool(bad))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
@@ -82,10 +83,12 @@ def test_channels_end_to_end_on_localhost(aiida_profile, battgen_code):
     parameters = results["output_parameters"]
     assert parameters["n_analysed"] == 3 and parameters["rows_per_dimensionality"] == {"1": 3}
     assert parameters["channel_radius_A_max"] == pytest.approx(1.2305, abs=0.005)  # hollandite 2×2 tunnel
-    radii = dict(zip(results["output_arrays"].get_array("row_ids"), results["output_arrays"].get_array("channel_radius_A")))
+    arrays = results["output_arrays"]
+    radii = dict(zip(arrays.get_array("row_ids"), arrays.get_array("channel_radius_A")))
     assert radii["rutile"] == pytest.approx(0.4739, abs=0.005) and radii["olivine"] == pytest.approx(0.618, abs=0.005)
     analysed = results["analysed_structures"].get_batch()
-    assert analysed.row_ids == ["hollandite", "rutile", "olivine"] and analysed.column("channel_dimensionality") == [1, 1, 1]
+    assert analysed.row_ids == ["hollandite", "rutile", "olivine"]
+    assert analysed.column("channel_dimensionality") == [1, 1, 1]
     assert results["table"].get_content().startswith("row_id,formula,largest_included_sphere_A")
     assert results["figure"].base.repository.get_object_content(results["figure"].filename, mode="rb")[:4] == b"\x89PNG"
 
