@@ -57,7 +57,7 @@ def dft_relax_results(
         # PwRelaxWorkChain finishes ok only with ionic and SCF convergence (its handlers restart otherwise).
         converged = {"ionic": True, "electronic": True}
     else:
-        return ExitCode(331, "give vasp_misc (VASP) or qe_parameters + qe_trajectory (QE)")
+        return ExitCode(331, "give vasp_misc (VASP) or qe_parameters + qe_trajectory (QE)", invalidates_cache=True)
     if forces.shape != (n_atoms, 3):
         return ExitCode(332, f"forces have shape {forces.shape}, expected ({n_atoms}, 3)", invalidates_cache=True)
     return {

@@ -28,12 +28,12 @@ def electrode_voltage(discharged: orm.StructureData, energy_discharged: orm.Floa
     """
     ion = working_ion.value
     if not Element.is_valid_symbol(ion):
-        return ExitCode(350, f"working_ion {ion!r} is not an element symbol")
+        return ExitCode(350, f"working_ion {ion!r} is not an element symbol", invalidates_cache=True)
     try:
         result = voltage_of(discharged.get_pymatgen_structure(), energy_discharged.value,
                             charged.get_pymatgen_structure(), energy_charged.value, ion, ion_energy_per_atom.value)
     except VoltageError as exc:
-        return ExitCode(351, f"no insertion electrode: {exc}")
+        return ExitCode(351, f"no insertion electrode: {exc}", invalidates_cache=True)
     return {"average_voltage": orm.Float(result["average_voltage_V"]),
             "capacity_grav": orm.Float(result["capacity_grav_mAh_per_g"]),
             "report": orm.Dict(result)}
