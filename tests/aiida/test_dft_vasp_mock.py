@@ -207,8 +207,14 @@ def test_mock_vasp_record_then_strict_replay_with_a_handled_failure(
         assert settings["engine"] == "vasp" and settings["encut_eV"] == 520.0 and settings["hubbard_u"] == {}
         assert results["relaxed_structure"].get_pymatgen_structure().volume < structure.get_pymatgen_structure().volume
         if pass_name == "recording":
-            recorded = sorted(p.parent.name for p in mock_vasp_setup["registry"].glob("**/out"))
+            from pymatgen.io.vasp import Incar
+
+            recorded = sorted(mock_vasp_setup["registry"].glob("**/out"))
             assert len(recorded) >= 2  # one registry entry per distinct input hash
+            # What VASP was asked to do: MP settings and the seed's force criterion, written by aiida-vasp.
+            incars = [Incar.from_file(out.parent / "inp" / "INCAR") for out in recorded]
+            assert all(i["ENCUT"] == 520 and i["ISPIN"] == 2 for i in incars)
+            assert any(i.get("EDIFFG") == -0.02 and i.get("ISIF") == 3 for i in incars)
 
     # Licensed content never leaves: an archive of the run holds no POTCAR file (the fake POTCAR's body is
     # nowhere); the scanner's POTCAR-header pattern only fires on the recorded OUTCARs, which echo the header.
