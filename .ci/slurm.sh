@@ -71,6 +71,8 @@ TaskPlugin=task/none
 SelectType=select/cons_tres
 SelectTypeParameters=CR_CPU_Memory
 SchedulerType=sched/builtin
+# The main scheduling loop (requeued jobs past their BeginTime) every 2 s instead of 60 s.
+SchedulerParameters=sched_interval=2
 MpiDefault=none
 JobCompType=jobcomp/none
 AccountingStorageType=accounting_storage/none
@@ -96,10 +98,16 @@ if [ ! -f "$SLURM_CONF" ] || [ "$(cat "$SLURM_CONF")" != "$wanted_conf" ]; then
   restart_slurm=1
 fi
 
+stop_daemon() {  # by the pid in its pid file, then wait until it is gone
+  local pid
+  pid=$(cat "$1" 2>/dev/null) || return 0
+  kill "$pid" 2>/dev/null || return 0
+  for _ in $(seq 30); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.5; done
+  kill -9 "$pid" 2>/dev/null
+}
 if [ "$restart_slurm" = 1 ]; then
-  [ -f /run/slurmd.pid ] && kill "$(cat /run/slurmd.pid)" 2>/dev/null
-  [ -f /run/slurmctld.pid ] && kill "$(cat /run/slurmctld.pid)" 2>/dev/null
-  sleep 1
+  stop_daemon /run/slurmd.pid
+  stop_daemon /run/slurmctld.pid
 fi
 pgrep -x slurmctld >/dev/null || /usr/sbin/slurmctld || give_up "slurmctld does not start (see /var/log/slurm/slurmctld.log)"
 pgrep -x slurmd >/dev/null || /usr/sbin/slurmd || give_up "slurmd does not start (see /var/log/slurm/slurmd.log)"

@@ -241,6 +241,30 @@ class Cluster:
     def start_daemon(self, workers: int = 2) -> None:
         self.verdi("daemon", "start", str(workers), timeout=180)
 
+    def restart_daemon(self, workers: int = 2) -> str:
+        """``verdi daemon stop`` + start; when the stop times out (workers hung), kill the daemon instead.
+        Returns how it was stopped."""
+        how = "verdi daemon stop"
+        try:
+            self.verdi("daemon", "stop", timeout=90)
+        except (RuntimeError, subprocess.TimeoutExpired):
+            how = "verdi daemon stop timed out: daemon killed"
+        self.kill_daemon(check=False)  # whatever survived the stop
+        self.start_daemon(workers)
+        return how
+
+    def restart_daemon_around(self, action) -> str:
+        """Stop the daemon (killing it if the stop hangs), run ``action`` (e.g. start the broker), start it."""
+        how = "daemon stopped"
+        try:
+            self.verdi("daemon", "stop", timeout=90)
+        except (RuntimeError, subprocess.TimeoutExpired):
+            how = "daemon stop timed out: killed"
+        self.kill_daemon(check=False)
+        action()
+        self.start_daemon()
+        return how
+
     def daemon_pids(self) -> tuple[int | None, list[int]]:
         """(circus arbiter pid, worker pids) of this profile's daemon."""
         import psutil
@@ -250,8 +274,9 @@ class Cluster:
             return None, []
         try:
             arbiter = psutil.Process(int(pid_file.read_text().strip()))
-            workers = [child.pid for child in arbiter.children(recursive=True)
-                       if "worker" in " ".join(child.cmdline())]
+            children = arbiter.children(recursive=True)
+            self._daemon_children = [child.pid for child in children]  # workers, circus stats
+            workers = [child.pid for child in children if "worker" in " ".join(child.cmdline())]
         except (psutil.NoSuchProcess, ValueError):
             return None, []
         return arbiter.pid, workers
@@ -261,7 +286,8 @@ class Cluster:
         arbiter, workers = self.daemon_pids()
         if check:
             assert workers, "no daemon worker to kill"
-        for pid in [*workers, *([arbiter] if arbiter else [])]:
+        others = [pid for pid in getattr(self, "_daemon_children", []) if pid not in workers]
+        for pid in [*workers, *([arbiter] if arbiter else []), *others]:
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:

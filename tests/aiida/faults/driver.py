@@ -104,15 +104,12 @@ def setup_slurm(spec: dict) -> dict:
 
 
 # A simulated small-memory node: a job whose batch_size exceeds 2 rows gets `ulimit -v` (kB) too small
-# for torch, like a batch that does not fit on a GPU. Reads the job's own config.yaml.
-SMALL_MEMORY_PREPEND = f"""\
-if python3 - <<'EOF'
-import sys, yaml
-config = yaml.safe_load(open("config.yaml"))
-size = ((config.get("options") or {{}}).get("batch_size") or (config.get("conditions") or {{}}).get("batch_size") or 64)
-sys.exit(0 if int(size) > 2 else 1)
-EOF
-then ulimit -v {SMALL_MEMORY_KB}; fi"""
+# for torch, like a batch that does not fit on a GPU. Reads the job's own config.yaml (plain shell: the job's
+# PATH has no Python with PyYAML).
+SMALL_MEMORY_PREPEND = (
+    "batch_size=$(grep -oE 'batch_size: *[0-9]+' config.yaml | head -n1 | grep -oE '[0-9]+$')\n"
+    f"if [ \"${{batch_size:-64}}\" -gt 2 ]; then ulimit -v {SMALL_MEMORY_KB}; fi"
+)
 
 
 def _relax_batch(n_rows: int):
@@ -252,12 +249,16 @@ def describe(spec: dict) -> dict:
             calcjobs.append({"pk": child.pk, "label": key, "exit_status": child.exit_status,
                              "state": child.process_state.value if child.process_state else None,
                              "job_id": child.get_job_id(), "remote_workdir": child.get_remote_workdir(),
-                             "outputs": sorted(child.outputs),
+                             "outputs": sorted(child.outputs), "inputs": sorted(child.inputs),
+                             "parent_folder_pk": child.inputs.parent_folder.pk if "parent_folder" in child.inputs else None,
+                             "remote_folder_pk": child.outputs.remote_folder.pk if "remote_folder" in child.outputs else None,
+                             "retrieved_files": sorted(child.outputs.retrieved.base.repository.list_object_names())
+                             if "retrieved" in child.outputs else None,
                              "walltime_s": child.get_option("max_wallclock_seconds")})
     shortlist = []
     if "shortlist" in node.outputs:
-        for meta in node.outputs.shortlist.get_batch().meta:
-            shortlist.append([meta.get("reduced_formula"), meta["row_id"],
+        for meta, structure in node.outputs.shortlist.get_batch():
+            shortlist.append([structure.composition.reduced_formula, meta["row_id"],
                               round(float(meta.get("energy_per_atom_eV") or 0.0), 4),
                               round(float(meta.get("e_above_hull_eV_per_atom") or 0.0), 4)])
     reports = [log.message for log in orm.Log.collection.get_logs_for(node)]
@@ -267,7 +268,8 @@ def describe(spec: dict) -> dict:
         "pk": node.pk, "process_label": node.process_label,
         "state": node.process_state.value if node.process_state else None,
         "exit_status": node.exit_status, "exit_message": node.exit_message, "terminated": node.is_terminated,
-        "paused": node.paused, "outputs": sorted(node.outputs), "counts": counts, "stale": stale,
+        "paused": node.paused, "wall_time_s": round((node.mtime - node.ctime).total_seconds(), 1),
+        "outputs": sorted(node.outputs), "counts": counts, "stale": stale,
         "calcjobs": sorted(calcjobs, key=lambda c: c["pk"]), "shortlist": shortlist, "reports": reports[-40:],
     }
     for key in ("output_parameters", "model"):
