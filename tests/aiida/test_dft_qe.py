@@ -37,6 +37,8 @@ def test_qe_relax_si(pw_code, qe_family):  # noqa: F811 - fixtures imported abov
         assert name in results
     relaxed = results["relaxed_structure"].get_pymatgen_structure()
     a_conv = relaxed.lattice.a * 2**0.5
+    print(f"QE PBE Si: a = {a_conv:.4f} Å, E = {results['energy_per_atom'].value:.4f} eV/atom, "
+          f"max |stress| = {abs(results['stress'].get_array('stress')).max():.3f} GPa")
     assert 5.38 < a_conv < 5.52  # PBE Si: 5.47 Å (experiment 5.43 Å)
     assert results["energy_per_atom"].value == pytest.approx(results["total_energy"].value / 2)
     assert results["forces"].get_array("forces").shape == (2, 3)
