@@ -645,3 +645,57 @@ def test_model_node_rejects_files_that_do_not_match_the_manifest(aiida_profile, 
     (tmp_path / "other").mkdir()
     stored_then_changed = _tampered_model_node(tmp_path / "other")
     assert not stored_then_changed.verify()  # what predict_properties and the CalcJobs check before use
+
+
+def _model_node(kind: str, architecture: str):
+    from aiida_battgen.data.model import ModelData
+
+    node = ModelData()
+    node.base.attributes.set("kind", kind)
+    node.base.attributes.set("architecture", architecture)
+    return node
+
+
+SCREEN_BAD_VALUES = [
+    ("mg_cathode_screen", "negative-temperature", {"parameters": {"temperatures_K": [-300.0]}},
+     r"`temperatures_K` must be a non-empty list of temperatures in \(0, 10000\] K"),
+    ("mg_cathode_screen", "negative-conductivity-cut", {"parameters": {"min_conductivity_mS_per_cm": -1.0}},
+     r"`min_conductivity_mS_per_cm` must be a non-negative number"),
+    ("mg_cathode_screen", "voltage-as-text", {"parameters": {"min_voltage_V": "3 V"}},
+     r"`min_voltage_V` must be a number in V"),
+    ("mg_cathode_screen", "negative-md-candidates", {"parameters": {"max_md_candidates": -1}},
+     r"`max_md_candidates` must be a non-negative integer"),
+    ("property_screen", "threshold-as-text",
+     {"parameters": {"thresholds": [{"column": "predicted_average_voltage_V", "min": "three"}]}},
+     r"threshold bounds must be finite numbers"),
+    ("property_screen", "threshold-without-bound", {"parameters": {"thresholds": [{"column": "x"}]}},
+     r"each threshold needs `column` and `max` and/or `min`"),
+]
+
+
+@pytest.mark.parametrize("workflow, label, overrides, phrase", SCREEN_BAD_VALUES,
+                         ids=[f"{c[0]}-{c[1]}" for c in SCREEN_BAD_VALUES])
+def test_screen_launch_rejects_bad_thresholds(workflow, label, overrides, phrase, aiida_profile, aiida_localhost):
+    from aiida.engine import run_get_node
+    from aiida.plugins import WorkflowFactory
+
+    from aiida_battgen.data.batch import StructureBatchData
+
+    candidates = StructureBatchData(StructureBatch.from_structures([_licl()]))
+    code = orm.InstalledCode(label="bad-input", computer=aiida_localhost, filepath_executable="/bin/true")
+    before = _count_nodes()
+
+    # The cathode screen's `parameters` port validator already refuses the builder; the property screen's
+    # input validator refuses the launch.
+    with pytest.raises(ValueError) as caught:
+        if workflow == "mg_cathode_screen":
+            builder = WorkflowFactory(f"battgen.{workflow}").get_builder_from_protocol(
+                code, candidates, _model_node("predictor", "voltage-cgcnn"), protocol="fast", overrides=overrides)
+        else:
+            builder = WorkflowFactory(f"battgen.{workflow}").get_builder_from_protocol(
+                candidates, {"voltage": _model_node("predictor", "voltage-cgcnn")}, protocol="mg_cathode_seed002",
+                overrides=overrides)
+        run_get_node(builder)
+
+    assert re.search(phrase, str(caught.value)), str(caught.value)
+    assert _count_nodes() == before, "a rejected launch stored nodes"

@@ -10,6 +10,7 @@ candidates (MP query / file batch) ─► ``prefilter`` (E_hull below the protoc
 
 from __future__ import annotations
 
+import math
 import re
 
 from aiida import orm
@@ -39,7 +40,22 @@ def validate_parameters(parameters: orm.Dict, _=None) -> str | None:
     top_k = values.get("max_md_candidates")
     if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 0:
         return f"`max_md_candidates` must be a non-negative integer, got {top_k!r}"
+    # Cuts in their key's unit; a negative bound or a string would only fail (or pass everything) later.
+    for key in ("max_e_above_hull_eV_per_atom", "min_volumetric_capacity_Ah_per_L", "min_conductivity_mS_per_cm"):
+        value = values.get(key)
+        if value is not None and (not _is_number(value) or value < 0):
+            return f"`{key}` must be a non-negative number (or null), got {value!r}"
+    if values.get("min_voltage_V") is not None and not _is_number(values["min_voltage_V"]):
+        return f"`min_voltage_V` must be a number in V, got {values['min_voltage_V']!r}"
+    temperatures = values.get("temperatures_K")
+    if temperatures is not None and (not isinstance(temperatures, list) or not temperatures or not all(
+            _is_number(t) and 0 < t <= 10_000 for t in temperatures)):
+        return f"`temperatures_K` must be a non-empty list of temperatures in (0, 10000] K, got {temperatures!r}"
     return None
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def validate_inputs(inputs, _=None) -> str | None:

@@ -17,6 +17,7 @@ distributions), ``passed_structures``, ``rejected_structures`` and ``funnel``.
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any
 
@@ -53,6 +54,9 @@ def validate_parameters(parameters: dict[str, Any], models: dict[str, Any]) -> s
     for threshold in parameters.get("thresholds", []):
         if not isinstance(threshold, dict) or "column" not in threshold or not ({"max", "min"} & set(threshold)):
             return f"each threshold needs `column` and `max` and/or `min` (in the column's unit), got {threshold!r}"
+        bounds = [threshold[k] for k in ("max", "min") if k in threshold]
+        if not all(isinstance(b, int | float) and not isinstance(b, bool) and math.isfinite(b) for b in bounds):
+            return f"threshold bounds must be finite numbers in the column's unit, got {threshold!r}"
     if parameters.get("predicted_hull") and "column" not in parameters["predicted_hull"]:
         return "`predicted_hull` needs `column` (the predicted formation-energy column, eV/atom)"
     return None
