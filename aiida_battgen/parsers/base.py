@@ -19,7 +19,7 @@ from battgen.cli import EXIT_FAILED, EXIT_INVALID_INPUT, SUMMARY_FILENAME
 # memory limit (ulimit -v, a cgroup); "failed to map segment": a shared library that no longer fits.
 OUT_OF_MEMORY_MARKERS = ("out of memory", "MemoryError", "CUBLAS_STATUS_ALLOC_FAILED", "can't allocate memory",
                          "Cannot allocate memory", "failed to map segment")
-# AiiDA's scheduler exit codes (ERROR_SCHEDULER_OUT_OF_MEMORY 110, ..._OUT_OF_WALLTIME 120, ..._NODE_FAILURE 130 ...)
+# AiiDA's scheduler exit codes (ERROR_SCHEDULER_OUT_OF_MEMORY 110, ..._OUT_OF_WALLTIME 120, ..._NODE_FAILURE 140 ...)
 SCHEDULER_EXIT_STATUSES = range(100, 200)
 
 

@@ -2,7 +2,7 @@
 
 ``battgen.mlip.md_base`` (MdBaseWorkChain), the restart wrapper of MdCalculation:
 
-* 410 wall-time budget reached, 120 scheduler walltime, 130 node failure, 300/302 outputs lost -> continue
+* 410 wall-time budget reached, 120 scheduler walltime, 140 node failure, 300/302 outputs lost -> continue
   from the last complete chunk (``parent_folder`` = the previous remote folder);
 * 411 unstable (temperature runaway, NaN energies/forces) -> continue from the last complete chunk with half
   the timestep, down to ``MIN_TIMESTEP_FS``;

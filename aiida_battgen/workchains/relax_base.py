@@ -10,7 +10,7 @@ produced each row:
                         are dropped from the output with a warning;
 * 402 unsupported    -> nothing to retry: the rows stay flagged in the output;
 * 300/301/302        -> outputs lost (node failure, full disk): resubmit once, then fail;
-* 130 node failure   -> (the scheduler saw the node die) resubmit once, then fail;
+* 140 node failure   -> (the scheduler saw the node die) resubmit once, then fail;
 * 120 walltime       -> ``battgen relax`` writes its batch only at the end, so nothing of the killed run is
                         kept: resubmit the same rows with ``max_wallclock_seconds`` doubled (each time, up to
                         ``max_iterations``);

@@ -1,7 +1,7 @@
 """Restart wrappers of the training CalcJobs (``battgen.generator.train_base``, ``battgen.predictor.train_base``,
 ``battgen.mlip.train_base``):
 
-* 410 interrupted after a checkpoint, 120 scheduler walltime, 130 node failure, 300/302 outputs lost (a kill before the
+* 410 interrupted after a checkpoint, 120 scheduler walltime, 140 node failure, 300/302 outputs lost (a kill before the
   summary was written) -> resubmit with ``parent_folder`` = the killed run's remote folder, so training
   continues from its last checkpoint (from scratch when the run died before its first checkpoint);
   every resubmission counts towards ``max_iterations``;

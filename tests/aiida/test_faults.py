@@ -231,7 +231,7 @@ def test_slurmd_killed_under_a_running_job(cluster):
     assert description["exit_status"] == 0, _dump(description)
     assert description["output_parameters"]["counts"]["converged"] == 2
     n_jobs = len(description["calcjobs"])
-    how = "SLURM requeue (same job id, no AiiDA retry)" if n_jobs == 1 else "AiiDA resubmission (node failure 130)"
+    how = "SLURM requeue (same job id, no AiiDA retry)" if n_jobs == 1 else "AiiDA resubmission (node failure 140)"
     assert n_jobs <= 2, description["calcjobs"]
     OUTCOMES["slurmd killed (node failure)"] = (f"resubmitted by {how}; node was {node_state!r}; finished "
                                                 f"{time.monotonic() - started:.0f} s after the kill")
