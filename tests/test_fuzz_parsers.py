@@ -61,7 +61,8 @@ json_lines = st.lists(
     st.one_of(
         st.text(max_size=80),
         st.just('{"format": "battgen.structure_batch", "version": 1, "n_rows": 1}'),
-        st.builds(lambda n: f'{{"format": "battgen.structure_batch", "version": 1, "n_rows": {n}}}', st.integers(-2, 3)),
+        st.builds(lambda n: f'{{"format": "battgen.structure_batch", "version": 1, "n_rows": {n}}}',
+                  st.integers(-2, 3)),
         st.just('{"row_id": "a", "meta": {}, "structure": {"lattice": [[1,0,0],[0,1,0],[0,0,1]], "species": ["Li"], '
                 '"frac_coords": [[0,0,0]]}}'),
         st.just('{"row_id": "a", "structure": {"lattice": [[1,0],[0,1]], "species": ["Xx"], "frac_coords": []}}'),
@@ -110,7 +111,8 @@ def test_valid_structures_round_trip_through_a_batch_file(items, energy, tmp_pat
 
 text_junk = st.text(alphabet=string.printable, max_size=300)
 extxyz_like = st.builds(
-    lambda n, lattice, lines: f"{n}\nLattice=\"{lattice}\" Properties=species:S:1:pos:R:3 pbc=\"T T T\"\n" + "\n".join(lines),
+    lambda n, lattice, lines: (f"{n}\nLattice=\"{lattice}\" Properties=species:S:1:pos:R:3 pbc=\"T T T\"\n"
+                               + "\n".join(lines)),
     st.integers(-1, 4),
     st.sampled_from(["5 0 0 0 5 0 0 0 5", "0 0 0 0 0 0 0 0 0", "1 2 3", "a b c d e f g h i", "1e400 0 0 0 1 0 0 0 1"]),
     st.lists(st.sampled_from(["Li 0 0 0", "O 0.1 0 0", "Xx 1 1 1", "Li 0 0", "Cl 2.5 2.5 two", "Na nan 0 0", ""]),
@@ -161,7 +163,8 @@ def test_cif_reader_raises_only_source_format_error(text, tmp_path_factory):
 
 
 @FEW
-@given(cifs=st.lists(st.one_of(text_junk, cif_like), max_size=3), header=st.sampled_from(["material_id,cif", "cif", "id,x"]))
+@given(cifs=st.lists(st.one_of(text_junk, cif_like), max_size=3),
+       header=st.sampled_from(["material_id,cif", "cif", "id,x"]))
 def test_csv_reader_raises_only_source_format_error(cifs, header, tmp_path_factory):
     import csv
 
