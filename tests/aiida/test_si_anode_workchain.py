@@ -57,7 +57,7 @@ def test_protocols_resolve_and_reject_unknown_keys():
     fast = SiAnodeWorkChain.get_protocol_inputs(
         "fast", overrides={"parameters": {"channel_options": {"engine": "cavd"}}})
     assert fast["parameters"]["n_configurations"] == 30 and fast["parameters"]["max_steps"] < seed["max_steps"]
-    assert fast["parameters"]["channel_options"] == {"engine": "cavd", "radii": "crystal", "probe_radius_A": 0.5,
+    assert fast["parameters"]["channel_options"] == {"engine": "cavd", "radii": "crystal", "probe_radius_A": None,
                                                      "grid_spacing_A": 0.4}
     with pytest.raises(UnknownProtocolKeyError, match="parameters.n_config"):
         SiAnodeWorkChain.get_protocol_inputs("fast", overrides={"parameters": {"n_config": 3}})
