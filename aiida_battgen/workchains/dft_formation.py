@@ -3,8 +3,8 @@
 1. ``relax_candidate`` and one ``relax_reference_<El>`` per element, all ``battgen.dft.relax`` with builders
    from the *same* protocol, overrides, family and options (for QE the plane-wave cutoffs of the candidate's
    composition are imposed on every reference, so energies are comparable). Elemental structures come from
-   :mod:`battgen.stability.elemental` (ground-state crystals; O2/N2/... molecules in a 12 Å box, relaxed
-   at fixed cell) unless given in ``reference_structures``;
+   the ``battgen.elemental_reference_structure`` calcfunction (:mod:`battgen.stability.elemental`: ground-state
+   crystals; O2/N2/... molecules in a 12 Å box, relaxed at fixed cell) unless given in ``reference_structures``;
 2. ``formation_energy``: the ``battgen.dft_formation_energy`` calcfunction (Ef in eV/atom, MP2020 only for
    MP-compatible VASP settings, MP comparison when ``mp_entries`` are given);
 3. ``energy_above_hull``: ``battgen.dft_energy_above_hull`` (E_hull on the DFT hull, eV/atom).
@@ -27,7 +27,7 @@ from aiida.plugins import WorkflowFactory
 
 from aiida_battgen.calculations.functions.dft_energy_above_hull import dft_energy_above_hull
 from aiida_battgen.calculations.functions.dft_formation_energy import dft_formation_energy
-from battgen.stability.elemental import UnsupportedElementError, elemental_reference_structures
+from aiida_battgen.calculations.functions.elemental_reference_structure import elemental_reference_structure
 
 DftRelaxWorkChain = WorkflowFactory("battgen.dft.relax")
 
@@ -96,19 +96,15 @@ class DftFormationEnergyWorkChain(WorkChain):
         elements = sorted({site.kind_name for site in candidate.sites})
         self.ctx.references = {}
         given = dict(self.inputs.get("reference_structures", {}))
-        missing = [el for el in elements if el not in given]
         fixed_cell = set()
-        if missing:
-            try:
-                batch = elemental_reference_structures(missing)
-            except UnsupportedElementError as exc:
-                return self.exit_codes.ERROR_UNSUPPORTED_ELEMENT.format(element=str(exc))
-            for meta, structure in batch:
-                node = orm.StructureData(pymatgen=structure)
-                node.label = f"{meta['element']} reference: {meta['source']}"
-                given[meta["element"]] = node
-                if meta.get("fixed_cell"):
-                    fixed_cell.add(meta["element"])
+        for element in (el for el in elements if el not in given):
+            outputs, node = elemental_reference_structure.run_get_node(
+                orm.Str(element), metadata={"call_link_label": f"reference_structure_{element}"})
+            if not node.is_finished_ok:
+                return self.exit_codes.ERROR_UNSUPPORTED_ELEMENT.format(element=element)
+            given[element] = outputs["structure"]
+            if outputs["fixed_cell"].value:
+                fixed_cell.add(element)
         self.ctx.reference_structures = given
         self.ctx.fixed_cell = sorted(fixed_cell)
         self.ctx.overrides = self._common_overrides()

@@ -83,9 +83,13 @@ def test_qe_formation_energy_of_sic_and_cached_references(pw_code, qe_family):  
         assert not report["mp2020_applied"] and "not VASP" in report["mp2020_reason"]
         assert first["e_above_hull"].value == pytest.approx(ef, abs=1e-6)  # only Si, C and SiC on this hull
         expected = {"relax_candidate", "relax_reference_C", "relax_reference_Si", "formation_energy",
-                    "energy_above_hull"}
+                    "energy_above_hull", "reference_structure_C", "reference_structure_Si"}
         assert {_link_label(node, c) for c in node.called} >= expected
         assert not any(c.base.caching.is_created_from_cache for c in _reference_calcs(node, "Si"))
+        # Every reference structure has a creator in the graph (the elemental_reference_structure calcfunction).
+        for element in ("Si", "C"):
+            relax = next(c for c in node.called if _link_label(node, c) == f"relax_reference_{element}")
+            assert relax.inputs.structure.creator.process_label == "elemental_reference_structure"
 
         second, node2 = run_get_node(DftFormationEnergyWorkChain,
                                      structure=orm.StructureData(pymatgen=zincblende_sic(4.40)), **inputs)
