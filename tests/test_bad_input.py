@@ -496,6 +496,10 @@ FUNCTION_CASES = [
                             "parameters": _dict(compatability="MP2020")}, r"compatability", 333),
     FunctionCase("battgen.elemental_references", "unsupported-element", lambda _: {"batch": _batch_node("og")},
                  r"Og", 331),
+    FunctionCase("battgen.elemental_reference_structure", "unsupported-element",
+                 lambda _: {"element": orm.Str("Og")}, r"no elemental reference: .*Og", 331),
+    FunctionCase("battgen.elemental_reference_structure", "not-an-element",
+                 lambda _: {"element": orm.Str("Lithium")}, r"no elemental reference", 331),
     # selection and bookkeeping
     FunctionCase("battgen.shortlist", "negative-top-k",
                  lambda _: {"structures": _batch_node(), "parameters": _dict(top_k=-1)}, r"top_k", 321),
