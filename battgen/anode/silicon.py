@@ -95,6 +95,8 @@ SI_ANODE_DEFAULTS: dict[str, Any] = {
     "cell_filter": "frechet",
     "optimizer": "FIRE",
     "maxstep": 0.2,
+    # Full delithiation of Li15Si4 towards Si shrinks the cell ~3.8x: beyond the relaxation's default x3 guard.
+    "max_volume_factor": 5.0,
     "channel_options": {},
     "max_wall_time_s": None,
     "restart": True,
@@ -104,7 +106,7 @@ SI_ANODE_DEFAULTS: dict[str, Any] = {
 _RESULT_KEYS = ("working_ion", "host_element", "min_capacity_mAh_per_g", "capacity_basis", "max_compounds",
                 "max_sites", "primitive_cell", "n_configurations", "max_removed_fraction",
                 "include_fully_lithiated", "seed", "mlip", "model_path", "fmax", "max_steps", "cell_filter",
-                "optimizer", "maxstep", "channel_options")
+                "optimizer", "maxstep", "max_volume_factor", "channel_options")
 UNITS = {
     **SLOPE_UNITS,
     "gravimetric_capacity_mAh_per_g": "mAh/g (basis: capacity_basis)",
@@ -389,7 +391,8 @@ def run_channel_stability(
                 relaxed, record = relax_structure(
                     structure, calculator, supported_elements=supported_elements, fmax=settings["fmax"],
                     max_steps=settings["max_steps"], cell_filter=settings["cell_filter"],
-                    optimizer=settings["optimizer"], maxstep=settings["maxstep"])
+                    optimizer=settings["optimizer"], maxstep=settings["maxstep"],
+                    max_volume_factor=settings["max_volume_factor"])
                 row = {**meta, **{key: record[key] for key in RELAX_COLUMNS},
                        "relax_wall_time_s": record["wall_time_s"]}
                 row.update(configuration_properties(relaxed, working_ion=ion, host_element=host, basis=basis,
@@ -543,6 +546,9 @@ def validate_si_anode_config(config: dict[str, Any]) -> dict[str, Any]:
         raise InvalidInputError(f"max_removed_fraction must be in (0, 1], got {settings['max_removed_fraction']}")
     for key in ("fmax", "maxstep"):
         _positive_number(settings, key)
+    _positive_number(settings, "max_volume_factor")
+    if settings["max_volume_factor"] <= 1:
+        raise InvalidInputError(f"max_volume_factor must be > 1, got {settings['max_volume_factor']}")
     _positive_number(settings, "max_wall_time_s", allow_zero=True, allow_none=True)
     for key in ("n_configurations", "max_steps"):
         _positive_int(settings, key)
