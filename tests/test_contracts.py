@@ -38,7 +38,8 @@ def test_science_layer_imports_no_aiida():
         "battgen.sources.materials_project, battgen.stability.hull, battgen.mlip.relax, battgen.models, "
         "battgen.generate.training, battgen.generate.cdvae, battgen.generate.llm, battgen.evaluate.metrics, "
         "battgen.predictors.training, battgen.predictors.voltage_cgcnn, battgen.predictors.descriptor_cnn, "
-        "battgen.electrochem.capacity, battgen.stability.predicted"
+        "battgen.electrochem.capacity, battgen.stability.predicted, battgen.electrochem.voltage, battgen.dft.formation, "
+        "battgen.channels.analysis, battgen.insertion.potential, battgen.anode.silicon"
     )
     assert not [m for m in modules if m == "aiida" or m.startswith("aiida.")]
 
@@ -50,7 +51,9 @@ def test_aiida_layer_imports_no_torch():
         "aiida_battgen.workchains.generator, aiida_battgen.workchains.predict, aiida_battgen.workchains.property_screen, "
         "aiida_battgen.parsers.training, aiida_battgen.parsers.generator, aiida_battgen.parsers.predict, "
         "aiida_battgen.calculations.functions.predict_properties, aiida_battgen.calculations.functions.capacity, "
-        "aiida_battgen.calculations.functions.predicted_energy_above_hull"
+        "aiida_battgen.calculations.functions.predicted_energy_above_hull, aiida_battgen.workchains.dft, "
+        "aiida_battgen.workchains.dft_formation, aiida_battgen.workchains.si_anode, aiida_battgen.workchains.insertion, "
+        "aiida_battgen.calculations.channels, aiida_battgen.calculations.functions.electrode_voltage"
     )
     assert "torch" not in modules
 
