@@ -77,7 +77,7 @@ def _wait_with_recovery(cluster, pk: int, first_wait: float) -> tuple[dict, str]
     if description["terminated"]:
         return description, "resumed by itself"
     stuck = f"stalled: still {description['state']} (paused={description['paused']}) after {first_wait:.0f} s"
-    how = cluster.restart_daemon()
+    how = cluster.restart_daemon(repair=True)
     description = cluster.wait(pk, TIMEOUT_S)
     assert description["terminated"], f"still not finished after a daemon restart ({stuck}): {_dump(description)}"
     return description, f"{stuck}; {how}, daemon started again, then finished"
@@ -118,6 +118,11 @@ def test_rabbitmq_restarted_mid_discovery(cluster, reference):
 
 
 def test_postgres_restarted_mid_discovery(cluster, reference):
+    """PostgreSQL restarts while relaxation jobs are in SLURM. The workers' sessions are left in a failed
+    transaction (PendingRollbackError, in the daemon log only) and they drop the process tasks of the
+    CalcJobs they were running: the processes stay `Waiting` in the database with no broker task, i.e.
+    they hang silently. Detected by the bounded wait; recovered by stopping the daemon (the stop hangs, so
+    it is killed), `verdi process repair` (re-creates the missing tasks) and starting the daemon."""
     pk = cluster.submit("discovery")
     cluster.wait_until(pk, _relax_job_running, TIMEOUT_S, "a relaxation job in SLURM")
     started = time.monotonic()
@@ -204,8 +209,9 @@ def _node_state() -> str:
 
 def test_slurmd_killed_under_a_running_job(cluster):
     """The node dies: slurmd and the job's processes are SIGKILLed. slurmctld marks the node down after
-    SlurmdTimeout and requeues the batch job (JobRequeue=1); slurmd comes back and the job runs again in the
-    same work directory. AiiDA sees the same job id go back to the queue and simply waits."""
+    SlurmdTimeout and kills the job (AiiDA submits with ``--no-requeue`` unless ``metadata.options.rerunnable``
+    is set, so SLURM does not requeue it); without accounting there is no NODE_FAIL diagnosis, the summary
+    is missing (302) and MlipRelaxBaseWorkChain resubmits the same rows once on the revived node."""
     pk = cluster.submit("relax", n_rows=2, prepend_text="sleep 15")
     description = cluster.wait_until(pk, lambda d: any(
         c["job_id"] and subprocess.run(["squeue", "-h", "-j", c["job_id"], "-o", "%T"], capture_output=True,
@@ -230,9 +236,10 @@ def test_slurmd_killed_under_a_running_job(cluster):
     description = cluster.wait(pk, TIMEOUT_S)
     assert description["exit_status"] == 0, _dump(description)
     assert description["output_parameters"]["counts"]["converged"] == 2
-    n_jobs = len(description["calcjobs"])
-    how = "SLURM requeue (same job id, no AiiDA retry)" if n_jobs == 1 else "AiiDA resubmission (node failure 140)"
-    assert n_jobs <= 2, description["calcjobs"]
+    statuses = [c["exit_status"] for c in description["calcjobs"]]
+    assert statuses in ([0], [302, 0], [140, 0]), description["calcjobs"]  # requeued by SLURM, or one retry
+    how = ("SLURM requeue (same job id)" if statuses == [0] else
+           f"AiiDA: the killed job ended with exit {statuses[0]}, MlipRelaxBaseWorkChain resubmitted it once")
     OUTCOMES["slurmd killed (node failure)"] = (f"resubmitted by {how}; node was {node_state!r}; finished "
                                                 f"{time.monotonic() - started:.0f} s after the kill")
 

@@ -241,15 +241,21 @@ class Cluster:
     def start_daemon(self, workers: int = 2) -> None:
         self.verdi("daemon", "start", str(workers), timeout=180)
 
-    def restart_daemon(self, workers: int = 2) -> str:
+    def restart_daemon(self, workers: int = 2, repair: bool = False) -> str:
         """``verdi daemon stop`` + start; when the stop times out (workers hung), kill the daemon instead.
-        Returns how it was stopped."""
-        how = "verdi daemon stop"
+        With ``repair``, ``verdi process repair --force`` in between: it re-creates the broker tasks of active
+        processes that lost theirs (and closes this profile's leftover database connections: nothing else of
+        the test may be connected then). Returns what was done."""
+        how = "`verdi daemon stop`"
         try:
             self.verdi("daemon", "stop", timeout=90)
         except (RuntimeError, subprocess.TimeoutExpired):
-            how = "verdi daemon stop timed out: daemon killed"
+            how = "`verdi daemon stop` timed out, daemon killed"
         self.kill_daemon(check=False)  # whatever survived the stop
+        if repair:
+            out = self.verdi("process", "repair", "--force", timeout=180)
+            revived = [line.split("`")[1] for line in out.splitlines() if "Revived process" in line]
+            how += f", `verdi process repair` revived {len(revived)} process(es) without a broker task"
         self.start_daemon(workers)
         return how
 
