@@ -65,10 +65,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=1000)
     args = parser.parse_args()
+    import pymatgen.io.zeopp  # noqa: F401 - imported before any timing (it pulls in pandas)
+
     structures = load_structures(args.n)
     radii = [resolve_radii(s, "crystal")[1] for s in structures]
     print(f"{len(structures)} MP-20 structures, {min(map(len, structures))}-{max(map(len, structures))} atoms",
-          file=sys.stderr)
+          file=sys.stderr, flush=True)
 
     started = time.perf_counter()
     results = analyze_batch(structures, progress=True)
@@ -110,10 +112,10 @@ def main() -> None:
     cavd_agree = sum(isinstance(a, ChannelAnalysis) and isinstance(b, ChannelAnalysis)
                      and abs(a.largest_free_sphere_A - b.largest_free_sphere_A) < 2e-3
                      and a.channel_dimensionality == b.channel_dimensionality for a, b in zip(results, cavd_results))
-    print(f"cavd engine: same Df and dimensionality as zeopp on {cavd_agree} of {n}", file=sys.stderr)
+    print(f"cavd engine: same Df and dimensionality as zeopp on {cavd_agree} of {n}", file=sys.stderr, flush=True)
     print(f"ours: {n - n_failed} analysed, {n_failed} failed; dimensionality counts "
           f"{ {d: dims.count(d) for d in range(4)} }; Df agrees with pymatgen.io.zeopp on {len(compared)} structures",
-          file=sys.stderr)
+          file=sys.stderr, flush=True)
     print(f"structures={n} seconds={seconds:.2f} per_s={n / seconds:.1f} baseline_per_s={n / baseline_seconds:.1f} "
           f"spheres_per_s={n / spheres_seconds:.1f} cavd_per_s={n / cavd_seconds:.1f} "
           f"identical={'true' if identical else 'false'}")
