@@ -275,7 +275,7 @@ class Cluster:
         """(circus arbiter pid, worker pids) of this profile's daemon."""
         import psutil
 
-        pid_file = self.root / "aiida" / ".aiida" / "daemon" / f"circus-{self.profile}.pid"
+        pid_file = self._pid_file()
         if not pid_file.exists():
             return None, []
         try:
@@ -298,7 +298,12 @@ class Cluster:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+        if arbiter:  # a crashed daemon leaves its PID file; `verdi process repair` would refuse to run
+            self._pid_file().unlink(missing_ok=True)
         return workers
+
+    def _pid_file(self) -> Path:
+        return self.root / "aiida" / ".aiida" / "daemon" / f"circus-{self.profile}.pid"
 
     def cancel_jobs(self) -> None:
         """scancel the SLURM jobs that run in this cluster's work directory."""
