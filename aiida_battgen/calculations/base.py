@@ -26,6 +26,13 @@ STDOUT_FILENAME = "battgen.out"
 STDERR_FILENAME = "battgen.err"
 
 
+def validate_nonempty_batch(structures, _=None) -> str | None:
+    """Port validator shared by the CalcJobs that take a ``structures`` batch: an empty batch is bad input."""
+    if structures.n_rows == 0:
+        return "the input batch `structures` is empty"
+    return None
+
+
 class BattgenCalcJobProcessSpec(CalcJobProcessSpec):
     """Process spec where every exit code below 400 invalidates the cache unless explicitly told otherwise."""
 

@@ -6,7 +6,7 @@ from typing import Any
 
 from aiida import orm
 
-from aiida_battgen.calculations.base import BattgenCalcJob, validate_parameters_dict
+from aiida_battgen.calculations.base import BattgenCalcJob, validate_parameters_dict, validate_nonempty_batch
 from aiida_battgen.data.batch import StructureBatchData
 
 # Mirrors battgen.channels.analysis (tests check they agree).
@@ -43,10 +43,6 @@ def validate_channel_parameters(parameters: orm.Dict, _=None) -> str | None:
     return None
 
 
-def validate_structures(structures: StructureBatchData, _=None) -> str | None:
-    return "the input batch `structures` is empty" if structures.n_rows == 0 else None
-
-
 class ChannelAnalysisCalculation(BattgenCalcJob):
     """Largest included / free sphere, channel radius, dimensionality, void and packing fraction per row."""
 
@@ -57,7 +53,7 @@ class ChannelAnalysisCalculation(BattgenCalcJob):
     def define(cls, spec) -> None:
         super().define(spec)
         spec.inputs["metadata"]["options"]["parser_name"].default = "battgen.channels"
-        spec.input("structures", valid_type=StructureBatchData, validator=validate_structures,
+        spec.input("structures", valid_type=StructureBatchData, validator=validate_nonempty_batch,
                    help="The structures to analyse (row ids are kept).")
         spec.input("parameters", valid_type=orm.Dict, required=False, validator=validate_channel_parameters,
                    help="Settings: " + "; ".join(f"{k}: {d}" for k, (_, d) in PARAMETERS_SCHEMA.items()))

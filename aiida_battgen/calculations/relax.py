@@ -7,7 +7,7 @@ from typing import Any
 
 from aiida import orm
 
-from aiida_battgen.calculations.base import BattgenCalcJob, validate_parameters_dict
+from aiida_battgen.calculations.base import BattgenCalcJob, validate_parameters_dict, validate_nonempty_batch
 from aiida_battgen.data.batch import StructureBatchData
 
 # Mirrors battgen.mlip.relax (not imported here: the AiiDA layer stays free of torch and ASE);
@@ -56,12 +56,6 @@ def validate_relax_parameters(parameters: orm.Dict, _=None) -> str | None:
     return None
 
 
-def validate_structures(structures: StructureBatchData, _=None) -> str | None:
-    if structures.n_rows == 0:
-        return "the input batch `structures` is empty"
-    return None
-
-
 class MlipRelaxCalculation(BattgenCalcJob):
     """Relax every row of a structure batch with an MLIP (ASE optimiser + cell filter) on any computer."""
 
@@ -72,7 +66,7 @@ class MlipRelaxCalculation(BattgenCalcJob):
     def define(cls, spec) -> None:
         super().define(spec)
         spec.inputs["metadata"]["options"]["parser_name"].default = "battgen.mlip.relax"
-        spec.input("structures", valid_type=StructureBatchData, validator=validate_structures,
+        spec.input("structures", valid_type=StructureBatchData, validator=validate_nonempty_batch,
                    help="The batch of structures to relax (row ids are kept).")
         spec.input("parameters", valid_type=orm.Dict, required=False, validator=validate_relax_parameters,
                    help="Relaxation settings: " + "; ".join(f"{k}: {d}" for k, (_, d) in PARAMETERS_SCHEMA.items()))

@@ -14,7 +14,7 @@ from typing import Any
 from aiida import orm
 from aiida.common import datastructures
 
-from aiida_battgen.calculations.base import BattgenCalcJob
+from aiida_battgen.calculations.base import BattgenCalcJob, validate_nonempty_batch
 from aiida_battgen.data.batch import StructureBatchData
 
 # Mirror battgen.anode.silicon (not imported: the AiiDA layer stays free of the MLIP stack); a test checks.
@@ -58,12 +58,6 @@ def validate_si_anode_parameters(parameters: orm.Dict, _=None) -> str | None:
     return None
 
 
-def validate_structures(structures: StructureBatchData, _=None) -> str | None:
-    if structures.n_rows == 0:
-        return "the input batch `structures` is empty"
-    return None
-
-
 class SiAnodeCalculation(BattgenCalcJob):
     """Delithiate, relax (MLIP) and analyse the Li channels of Li–Si–X compounds; resumable from its checkpoint."""
 
@@ -75,7 +69,7 @@ class SiAnodeCalculation(BattgenCalcJob):
     def define(cls, spec) -> None:
         super().define(spec)
         spec.inputs["metadata"]["options"]["parser_name"].default = "battgen.si_anode"
-        spec.input("structures", valid_type=StructureBatchData, validator=validate_structures,
+        spec.input("structures", valid_type=StructureBatchData, validator=validate_nonempty_batch,
                    help="Fully lithiated Li–Si–X compounds (one row each; row ids name the compounds).")
         spec.input("parameters", valid_type=orm.Dict, required=False, validator=validate_si_anode_parameters,
                    help="`battgen si-anode` settings, units in the names: min_capacity_mAh_per_g (mAh/g), "
