@@ -59,10 +59,11 @@ def _relax_job_running(description: dict) -> bool:
 def assert_same_as(description: dict, reference: dict) -> None:
     """Same shortlist and the same finished processes per type; no CalcJob left behind or run twice."""
     assert description["exit_status"] == 0, _dump(description)
-    assert len(description["shortlist"]) == len(reference["shortlist"]), (description["shortlist"], reference["shortlist"])
-    for row, expected in zip(description["shortlist"], reference["shortlist"]):
-        assert row[:2] == expected[:2], (description["shortlist"], reference["shortlist"])
-        assert row[2:] == pytest.approx(expected[2:], abs=2e-3), (description["shortlist"], reference["shortlist"])
+    shortlists = (description["shortlist"], reference["shortlist"])
+    assert len(shortlists[0]) == len(shortlists[1]), shortlists
+    for row, expected in zip(*shortlists):
+        assert row[:2] == expected[:2], shortlists  # formula, row id
+        assert row[2:] == pytest.approx(expected[2:], abs=2e-3), shortlists  # eV/atom: energy, E_hull
     assert description["counts"] == reference["counts"], (description["counts"], reference["counts"])
     stale_calcjobs = {label: n for label, n in description["stale"].items() if label.endswith("Calculation")}
     assert not stale_calcjobs, f"unfinished CalcJobs left behind: {stale_calcjobs}"
@@ -96,8 +97,9 @@ def test_daemon_killed_mid_discovery(cluster, reference):
     description = cluster.wait(pk, TIMEOUT_S)
     assert description["terminated"], f"not finished {TIMEOUT_S} s after the daemon restart: {_dump(description)}"
     assert_same_as(description, reference)
-    OUTCOMES["daemon SIGKILL"] = (f"resumed ({len(killed)} workers killed); finished {time.monotonic() - started:.0f} s "
-                                  f"after the restart; stale calcfunction nodes: {description['stale'] or 'none'}")
+    OUTCOMES["daemon SIGKILL"] = (f"resumed ({len(killed)} workers killed); finished "
+                                  f"{time.monotonic() - started:.0f} s after the restart; "
+                                  f"stale calcfunction nodes: {description['stale'] or 'none'}")
 
 
 def test_rabbitmq_restarted_mid_discovery(cluster, reference):

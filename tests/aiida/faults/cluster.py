@@ -204,8 +204,9 @@ class Cluster:
 
     # --- commands -----------------------------------------------------------------------------------
     def driver(self, command: str, spec: dict | None = None, timeout: float = 600) -> dict:
-        result = subprocess.run([sys.executable, str(DRIVER), command, "--profile", self.profile, json.dumps(spec or {})],
-                                capture_output=True, text=True, env=self.env, timeout=timeout, cwd=self.root)
+        command_line = [sys.executable, str(DRIVER), command, "--profile", self.profile, json.dumps(spec or {})]
+        result = subprocess.run(command_line, capture_output=True, text=True, env=self.env, timeout=timeout,
+                                cwd=self.root)
         if result.returncode != 0:
             raise RuntimeError(f"driver {command} {spec} failed:\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}")
         return json.loads(result.stdout.strip().splitlines()[-1])

@@ -234,6 +234,10 @@ def _pw_builder(code, options):
     return builder
 
 
+def _pk_of(links, label: str) -> int | None:
+    return links[label].pk if label in links else None
+
+
 def describe(spec: dict) -> dict:
     from aiida import orm
 
@@ -250,8 +254,8 @@ def describe(spec: dict) -> dict:
                              "state": child.process_state.value if child.process_state else None,
                              "job_id": child.get_job_id(), "remote_workdir": child.get_remote_workdir(),
                              "outputs": sorted(child.outputs), "inputs": sorted(child.inputs),
-                             "parent_folder_pk": child.inputs.parent_folder.pk if "parent_folder" in child.inputs else None,
-                             "remote_folder_pk": child.outputs.remote_folder.pk if "remote_folder" in child.outputs else None,
+                             "parent_folder_pk": _pk_of(child.inputs, "parent_folder"),
+                             "remote_folder_pk": _pk_of(child.outputs, "remote_folder"),
                              "retrieved_files": sorted(child.outputs.retrieved.base.repository.list_object_names())
                              if "retrieved" in child.outputs else None,
                              "walltime_s": child.get_option("max_wallclock_seconds")})
@@ -263,7 +267,8 @@ def describe(spec: dict) -> dict:
                               round(float(meta.get("e_above_hull_eV_per_atom") or 0.0), 4)])
     reports = [log.message for log in orm.Log.collection.get_logs_for(node)]
     for child in descendants:
-        reports += [f"{child.process_label}<{child.pk}>: {log.message}" for log in orm.Log.collection.get_logs_for(child)]
+        reports += [f"{child.process_label}<{child.pk}>: {log.message}"
+                    for log in orm.Log.collection.get_logs_for(child)]
     result = {
         "pk": node.pk, "process_label": node.process_label,
         "state": node.process_state.value if node.process_state else None,
