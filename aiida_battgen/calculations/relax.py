@@ -15,6 +15,8 @@ from aiida_battgen.data.batch import StructureBatchData
 INPUT_FILENAME = "structures.jsonl.gz"
 OUTPUT_FILENAME = "relaxed.jsonl.gz"
 RECORDS_FILENAME = "relax_records.json"
+CHECKPOINT_FILENAME = "relax_checkpoint.jsonl"
+RELAX_STATUSES = ("converged", "not_converged", "exploded", "unsupported_element")
 CELL_FILTERS = ("frechet", "exp", None)
 OPTIMIZERS = ("FIRE", "BFGS", "LBFGS")
 MLIP_ENTRY_POINT_GROUP = "battgen.mlips"
@@ -28,7 +30,10 @@ PARAMETERS_SCHEMA: dict[str, tuple[type | tuple[type, ...], str]] = {
     "maxstep": ((float, int), "largest optimiser step in Å; default 0.2"),
     "model_path": (str, "weights file/directory on the remote computer instead of the pretrained model"),
     "device": (str, "torch device on the remote computer: cpu or cuda; default cpu"),
+    "checkpoint": (bool, "append each finished row to relax_checkpoint.jsonl (continued after a kill); default true"),
 }
+# The parent_folder input is linked under this name; ``battgen relax`` continues from its checkpoint.
+PARENT_LINK_NAME = "parent"
 
 
 def known_mlips() -> list[str]:
@@ -71,6 +76,9 @@ class MlipRelaxCalculation(BattgenCalcJob):
         spec.input("parameters", valid_type=orm.Dict, required=False, validator=validate_relax_parameters,
                    help="Relaxation settings: " + "; ".join(f"{k}: {d}" for k, (_, d) in PARAMETERS_SCHEMA.items()))
 
+        spec.input("parent_folder", valid_type=orm.RemoteData, required=False,
+                   help="Work directory of an interrupted relaxation of the same rows and settings: rows already "
+                        "in its checkpoint are taken over instead of being relaxed again (same computer).")
         spec.output("relaxed_structures", valid_type=StructureBatchData,
                     help="Relaxed batch; per-row energy_eV, energy_per_atom_eV, max_force_eV_per_A (eV/Å), "
                          "n_steps, converged, relax_status, volume_change (V_final/V_initial).")
@@ -92,7 +100,17 @@ class MlipRelaxCalculation(BattgenCalcJob):
         config: dict[str, Any] = {"input": INPUT_FILENAME}
         if "parameters" in self.inputs:
             config.update(self.inputs.parameters.get_dict())
+        if "parent_folder" in self.inputs:
+            config["resume_from"] = f"{PARENT_LINK_NAME}/{CHECKPOINT_FILENAME}"
         return config
+
+    def prepare_for_submission(self, folder):
+        calcinfo = super().prepare_for_submission(folder)
+        if "parent_folder" in self.inputs:
+            # A link, not a copy: the checkpoint may not exist (killed before the first row finished).
+            parent = self.inputs.parent_folder
+            calcinfo.remote_symlink_list = [(parent.computer.uuid, parent.get_remote_path(), PARENT_LINK_NAME)]
+        return calcinfo
 
     def input_files(self) -> list[tuple[str, str, str]]:
         structures = self.inputs.structures

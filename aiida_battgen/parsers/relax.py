@@ -84,7 +84,7 @@ class MlipRelaxParser(BattgenParser):
         parameters = relax_parameters(
             batch, outputs.get("model", {}), outputs.get("settings", {}),
             wall_time_s=summary.get("wall_time_s"), relax_wall_time_s=outputs.get("relax_wall_time_s"),
-            versions=summary.get("versions", {}),
+            versions=summary.get("versions", {}), rows_from_checkpoint=outputs.get("rows_from_checkpoint", 0),
         )
         self.out("relaxed_structures", StructureBatchData(batch))
         self.out("output_parameters", orm.Dict(parameters))

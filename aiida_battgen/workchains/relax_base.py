@@ -11,8 +11,8 @@ produced each row:
 * 402 unsupported    -> nothing to retry: the rows stay flagged in the output;
 * 300/301/302        -> outputs lost (node failure, full disk): resubmit once, then fail;
 * 140 node failure   -> (the scheduler saw the node die) resubmit once, then fail;
-* 120 walltime       -> ``battgen relax`` writes its batch only at the end, so nothing of the killed run is
-                        kept: resubmit the same rows with ``max_wallclock_seconds`` doubled (each time, up to
+* 120 walltime       -> continue from the killed job's checkpoint (``parent_folder``: every finished row is
+                        taken over, the rest relax) with ``max_wallclock_seconds`` doubled (up to
                         ``max_iterations``);
 * 303/304            -> the CLI rejected the input or crashed: deterministic, fail at once.
 
@@ -87,6 +87,7 @@ class MlipRelaxBaseWorkChain(BaseRestartWorkChain):
         self.ctx.pieces.append(relaxed)
         self.ctx.inputs.structures = select_relax_rows(relaxed, orm.List(statuses))["structures"]
         self.ctx.inputs.parameters = orm.Dict({**self._parameters(), **updates})
+        self.ctx.inputs.pop("parent_folder", None)  # new settings: a checkpoint of the old ones does not apply
 
     def _finish_with(self, node) -> ProcessHandlerReport:
         """Nothing left to rerun: keep the node's rows and go to ``results``."""
@@ -120,15 +121,17 @@ class MlipRelaxBaseWorkChain(BaseRestartWorkChain):
 
     @process_handler(priority=605, exit_codes=[MlipRelaxCalculation.exit_codes.ERROR_SCHEDULER_OUT_OF_WALLTIME])
     def handle_out_of_walltime(self, node):
-        """Killed at the walltime before writing any output: resubmit the same rows with twice the walltime."""
+        """Killed at the walltime: continue from the rows in its checkpoint, with twice the walltime."""
         options = dict(self.ctx.inputs.get("metadata", {}).get("options", {}))
         walltime = options.get("max_wallclock_seconds") or node.get_option("max_wallclock_seconds")
-        if not walltime:
-            return self.handle_outputs_lost(node)
-        options["max_wallclock_seconds"] = 2 * int(walltime)
-        self.ctx.inputs.metadata = {**dict(self.ctx.inputs.get("metadata", {})), "options": options}
-        self.report_error_handled(node, f"resubmitting the same {node.inputs.structures.n_rows} row(s) with "
-                                        f"max_wallclock_seconds={options['max_wallclock_seconds']} s")
+        if walltime:
+            options["max_wallclock_seconds"] = 2 * int(walltime)
+            self.ctx.inputs.metadata = {**dict(self.ctx.inputs.get("metadata", {})), "options": options}
+        self.ctx.inputs.parent_folder = node.outputs.remote_folder
+        self.report_error_handled(
+            node, f"continuing the {self.ctx.inputs.structures.n_rows} row(s) from the checkpoint in "
+                  f"RemoteData<{node.outputs.remote_folder.pk}> with max_wallclock_seconds="
+                  f"{options.get('max_wallclock_seconds', 'unchanged')} s")
         return ProcessHandlerReport(True)
 
     @process_handler(priority=590, exit_codes=[

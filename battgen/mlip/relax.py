@@ -43,6 +43,11 @@ EXPLODED_VOLUME_FACTOR = 3.0
 INPUT_FILENAME = "structures.jsonl.gz"
 OUTPUT_FILENAME = "relaxed.jsonl.gz"
 RECORDS_FILENAME = "relax_records.json"
+# One JSON line per finished row, appended as rows finish: a job killed at the walltime (or on a dead
+# node) is continued from it by a new job that finds it in its working directory.
+CHECKPOINT_FILENAME = "relax_checkpoint.jsonl"
+# Settings that change a row's result: a checkpoint written with other values is not continued.
+CHECKPOINT_SETTINGS = ("mlip", "model_path", "fmax", "max_steps", "cell_filter", "optimizer", "maxstep")
 # Columns added to each row, with their units in their names (converged is a bool, volume_change a ratio).
 RELAX_COLUMNS = (
     "energy_eV", "energy_per_atom_eV", "max_force_eV_per_A", "n_steps", "converged", "relax_status",
@@ -64,6 +69,10 @@ RELAX_DEFAULTS: dict[str, Any] = {
     "model_path": None,
     "device": "cpu",
     "progress": True,
+    "checkpoint": True,
+    # A checkpoint of an interrupted job to continue from (relative to the workdir; may be missing: then
+    # nothing had finished). The AiiDA CalcJob links the parent's work directory as ``parent/``.
+    "resume_from": None,
 }
 # Which loader argument receives ``model_path`` for each MLIP.
 _MODEL_PATH_ARGUMENT = {"battgen.chgnet": "model_path", "battgen.sevennet": "model", "battgen.m3gnet": "model"}
@@ -182,13 +191,17 @@ def relax_batch(
     device: str = "cpu",
     calculator: Any = None,
     supported_elements: set[str] | None = None,
+    checkpoint: Path | None = None,
+    checkpoint_settings: dict[str, Any] | None = None,
 ) -> tuple[StructureBatch, list[dict[str, Any]]]:
     """Relax every row of ``batch`` with one MLIP calculator.
 
     Returns the relaxed batch (row ids and existing metadata kept, :data:`RELAX_COLUMNS` added), one
     record per row (``row_id`` + the relax columns + ``wall_time_s``). The model is loaded once (and
     cached per process, see :func:`load_relax_mlip`); pass ``calculator`` (with ``supported_elements``)
-    to use an already loaded ASE calculator instead, e.g. a cheap one in tests.
+    to use an already loaded ASE calculator instead, e.g. a cheap one in tests. With ``checkpoint`` (a
+    JSON-lines file) every finished row is appended to it, and rows already in it are taken from it
+    instead of being relaxed again (see :func:`read_relax_checkpoint`).
     """
     if cell_filter not in CELL_FILTERS:
         raise ValueError(f"cell_filter must be one of {list(CELL_FILTERS)}, got {cell_filter!r}")
@@ -199,9 +212,16 @@ def relax_batch(
         calculator, info = load_relax_mlip(mlip, model_path=model_path, device=device)
         supported = info.supported_elements
 
+    done = read_relax_checkpoint(checkpoint, checkpoint_settings) if checkpoint is not None else {}
     structures, meta, records = [], [], []
     rows = tqdm(batch, total=len(batch), desc=f"relax ({mlip})", unit="struct", disable=not progress)
     for row_meta, structure in rows:
+        if row_meta["row_id"] in done:  # finished by an earlier, interrupted job
+            relaxed, row, record = done[row_meta["row_id"]]
+            structures.append(relaxed)
+            meta.append(row)
+            records.append(record)
+            continue
         # Rows flagged fixed_cell (molecules in a vacuum box, e.g. O2 references) relax positions only:
         # a cell filter would shrink the box the molecule needs.
         relaxed, record = relax_structure(
@@ -215,7 +235,59 @@ def relax_batch(
             row["unsupported_elements"] = record["unsupported_elements"]
         meta.append(row)
         records.append({"row_id": row_meta["row_id"], **record})
+        if checkpoint is not None:
+            _append_checkpoint(checkpoint, checkpoint_settings, relaxed, row, records[-1])
     return StructureBatch(structures, meta), records
+
+
+def _checkpoint_line(structure: Structure, row: dict[str, Any], record: dict[str, Any]) -> str:
+    return json.dumps({"row": row, "record": record, "structure": structure.as_dict()}, default=str)
+
+
+def _append_checkpoint(path: Path, settings: dict[str, Any] | None, structure: Structure, row: dict[str, Any],
+                       record: dict[str, Any]) -> None:
+    """Append one finished row (flushed and synced: the job may be killed right after)."""
+    lines = []
+    if not path.exists() or path.stat().st_size == 0:
+        lines.append(json.dumps({"checkpoint_settings": settings or {}}))
+    lines.append(_checkpoint_line(structure, row, record))
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write("\n".join(lines) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def write_relax_checkpoint(path: Path, settings: dict[str, Any] | None,
+                           done: dict[str, tuple[Structure, dict[str, Any], dict[str, Any]]]) -> None:
+    """Write a clean checkpoint holding ``done`` (drops a torn last line before new rows are appended)."""
+    lines = [json.dumps({"checkpoint_settings": settings or {}})]
+    lines += [_checkpoint_line(structure, row, record) for structure, row, record in done.values()]
+    _atomic_write_text(Path(path), "\n".join(lines) + "\n")
+
+
+def read_relax_checkpoint(path: Path, settings: dict[str, Any] | None = None
+                          ) -> dict[str, tuple[Structure, dict[str, Any], dict[str, Any]]]:
+    """Rows finished by an earlier job: ``{row_id: (relaxed structure, row metadata, record)}``.
+
+    A missing file means nothing was finished. A torn last line (the job was killed while writing it) is
+    ignored. Raises ``ValueError`` when the checkpoint was written with other result-changing settings.
+    """
+    path = Path(path)
+    if not path.exists():
+        return {}
+    done: dict[str, tuple[Structure, dict[str, Any], dict[str, Any]]] = {}
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines()):
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # torn line of a killed job: that row is relaxed again
+        if number == 0:
+            written = entry.get("checkpoint_settings", {})
+            if settings is not None and written != json.loads(json.dumps(settings)):
+                raise ValueError(f"checkpoint {path.name} was written with other settings {written}, not {settings}")
+            continue
+        done[entry["row"]["row_id"]] = (Structure.from_dict(entry["structure"]), entry["row"], entry["record"])
+    return done
 
 
 def status_counts(records: list[dict[str, Any]]) -> dict[str, int]:
@@ -251,6 +323,10 @@ def validate_relax_config(config: dict[str, Any]) -> dict[str, Any]:
         raise InvalidInputError(f"cell_filter must be one of {list(CELL_FILTERS)}, got {settings['cell_filter']!r}")
     if settings["optimizer"] not in OPTIMIZERS:
         raise InvalidInputError(f"optimizer must be one of {list(OPTIMIZERS)}, got {settings['optimizer']!r}")
+    if not isinstance(settings["checkpoint"], bool):
+        raise InvalidInputError(f"checkpoint must be true or false, got {settings['checkpoint']!r}")
+    if settings["resume_from"] is not None and not isinstance(settings["resume_from"], str):
+        raise InvalidInputError(f"resume_from must be a path relative to the workdir, got {settings['resume_from']!r}")
     return settings
 
 
@@ -265,12 +341,26 @@ def run_relax_command(config: dict[str, Any], workdir: Path) -> dict[str, Any]:
     if settings["model_path"] and not Path(settings["model_path"]).expanduser().exists():
         raise InvalidInputError(f"model_path {settings['model_path']} does not exist")
 
+    checkpoint = workdir / CHECKPOINT_FILENAME if settings["checkpoint"] else None
+    checkpoint_settings = {key: settings[key] for key in CHECKPOINT_SETTINGS}
+    resumed = 0
+    if checkpoint is not None:
+        source = workdir / settings["resume_from"] if settings["resume_from"] else checkpoint
+        try:
+            done = read_relax_checkpoint(source, checkpoint_settings)
+        except ValueError as exc:
+            raise InvalidInputError(str(exc)) from exc
+        done = {row_id: value for row_id, value in done.items() if row_id in set(batch.row_ids)}
+        write_relax_checkpoint(checkpoint, checkpoint_settings, done)
+        resumed = len(done)
+
     started = time.perf_counter()
     calculator, info = load_relax_mlip(settings["mlip"], settings["model_path"], settings["device"])
     relaxed, records = relax_batch(
         batch, mlip=settings["mlip"], fmax=settings["fmax"], max_steps=settings["max_steps"],
         cell_filter=settings["cell_filter"], optimizer=settings["optimizer"], maxstep=settings["maxstep"],
         progress=bool(settings["progress"]), calculator=calculator, supported_elements=info.supported_elements,
+        checkpoint=checkpoint, checkpoint_settings=checkpoint_settings,
     )
     wall_time = time.perf_counter() - started
 
@@ -290,5 +380,6 @@ def run_relax_command(config: dict[str, Any], workdir: Path) -> dict[str, Any]:
         "model": model,
         "settings": {k: settings[k] for k in ("mlip", "fmax", "max_steps", "cell_filter", "optimizer", "maxstep")},
         "relax_wall_time_s": round(wall_time, 3),
+        "rows_from_checkpoint": resumed,
         "units": UNITS,
     }

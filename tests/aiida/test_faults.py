@@ -141,18 +141,27 @@ def test_postgres_restarted_mid_discovery(cluster, reference):
 
 # --- the scheduler ----------------------------------------------------------------------------------
 WALLTIME_S = 60  # SLURM's smallest limit (minutes); slurmctld checks limits every ~30 s: a kill at 60-90 s
-MD_STEPS = 550  # 1.1 ps at 2 fs: ~100 s of CHGNet MD on a 16-atom cell, so the first job is killed mid-run
+MD_STEPS = 200  # 0.4 ps at 2 fs in 20-step chunks; the first job is frozen after its first chunk (see below)
 
 
 @pytest.fixture(scope="module")
 def walltime_runs(cluster):
-    """A relaxation whose first job is too slow for its 60 s limit (it sleeps first, as on a busy node; the
-    resubmitted job does not) and an MD run longer than 60 s, both submitted at once."""
+    """A relaxation whose first job stalls after its first row (a watcher freezes it once the row is in the
+    checkpoint, as a hung node would) until SLURM kills it at its 60 s limit, and an MD run whose first job is
+    frozen the same way after its first trajectory chunk; both submitted at once. Resubmitted jobs run freely."""
     marker = cluster.root / f"first-relax-job-{uuid.uuid4().hex[:6]}"
-    slow_first_job = f"if [ ! -e {marker} ]; then touch {marker}; sleep 150; fi"
+    slow_first_job = (
+        f"if [ ! -e {marker} ]; then touch {marker}; "
+        "( until [ \"$(cat relax_checkpoint.jsonl 2>/dev/null | wc -l)\" -ge 2 ]; do sleep 0.2; done; "
+        "pkill -STOP -f 'battgen relax --config' ) & fi")
     started = time.monotonic()
-    pks = {"relax": cluster.submit("relax", n_rows=2, walltime=WALLTIME_S, prepend_text=slow_first_job),
-           "md": cluster.submit("md", walltime=WALLTIME_S, analysis=False, md={"nvt_time_ps": MD_STEPS * 0.002})}
+    md_marker = cluster.root / f"first-md-job-{uuid.uuid4().hex[:6]}"
+    stalled_first_md_job = (
+        f"if [ ! -e {md_marker} ]; then touch {md_marker}; "
+        "( until ls traj/chunk_* >/dev/null 2>&1; do sleep 0.2; done; pkill -STOP -f 'battgen md --config' ) & fi")
+    pks = {"relax": cluster.submit("relax", n_rows=2, supercell=3, walltime=WALLTIME_S, prepend_text=slow_first_job),
+           "md": cluster.submit("md", walltime=WALLTIME_S, analysis=False, md={"nvt_time_ps": MD_STEPS * 0.002},
+                                prepend_text=stalled_first_md_job)}
     runs = {kind: cluster.wait(pk, 420) for kind, pk in pks.items()}
     runs["_wall_time_s"] = time.monotonic() - started
     return runs
@@ -165,10 +174,14 @@ def test_walltime_kill_relaxation_is_resubmitted_with_more_time(walltime_runs):
     assert first["exit_status"] == 120, first  # ERROR_SCHEDULER_OUT_OF_WALLTIME, from the SLURM stderr
     assert "relaxed_structures" not in first["outputs"], first  # nothing half-stored
     assert [c["exit_status"] for c in rest] == [0] and rest[0]["walltime_s"] == 2 * WALLTIME_S, rest
+    # The second job continued from the first one's checkpoint: the row finished before the kill is taken over.
+    assert rest[0]["parent_folder_pk"] == first["remote_folder_pk"], rest
+    assert rest[0]["rows_from_checkpoint"] == 1, rest
     assert relax["output_parameters"]["counts"]["converged"] == 2
     assert any("max_wallclock_seconds=120" in r for r in relax["reports"]), relax["reports"]
     OUTCOMES["walltime kill (relaxation)"] = (
-        "resubmitted: job killed by SLURM (exit 120), same rows resubmitted with twice the walltime; "
+        "continued: job killed by SLURM (exit 120) after 1 of 2 rows; the next job took that row from the "
+        "checkpoint (parent_folder) and relaxed the other with twice the walltime; "
         f"{len(relax['calcjobs'])} jobs, {relax['wall_time_s']:.0f} s")
 
 

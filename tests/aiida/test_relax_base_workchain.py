@@ -143,6 +143,22 @@ def test_handle_outputs_lost_resubmits_once_then_fails(generate_workchain, gener
     assert result == MlipRelaxBaseWorkChain.exit_codes.ERROR_OUTPUTS_LOST_TWICE.format(status=CALC_EXIT[exit_code].status)
 
 
+def test_handle_walltime_continues_from_the_checkpoint(generate_workchain, generate_relax_node, aiida_localhost):
+    process = generate_workchain("success")
+    process.ctx.inputs.metadata = {"options": {"max_wallclock_seconds": 600}}
+    node = generate_relax_node(CALC_EXIT.ERROR_SCHEDULER_OUT_OF_WALLTIME)
+    remote = orm.RemoteData(computer=aiida_localhost, remote_path="/tmp/killed-job")
+    remote.base.links.add_incoming(node, link_type=LinkType.CREATE, link_label="remote_folder")
+    remote.store()
+    assert restarts(inspect(process, node), process)
+    assert process.ctx.inputs.parent_folder.uuid == remote.uuid
+    assert process.ctx.inputs.metadata["options"]["max_wallclock_seconds"] == 1200
+    # A later restart with other settings (not converged -> more steps) must not reuse that checkpoint.
+    process.ctx.children = [generate_relax_node(CALC_EXIT.WARNING_NOT_CONVERGED, "not_converged")]
+    process.inspect_process()
+    assert "parent_folder" not in process.ctx.inputs
+
+
 @pytest.mark.parametrize("exit_code", ["ERROR_CLI_INVALID_INPUT", "ERROR_CLI_FAILED"])
 def test_handle_cli_rejected_aborts_at_once(generate_workchain, generate_relax_node, exit_code):
     process = generate_workchain("success")

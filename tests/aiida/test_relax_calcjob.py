@@ -51,6 +51,10 @@ def test_entry_point_and_constants_match_the_science_layer():
     assert CalculationFactory("battgen.mlip.relax") is MlipRelaxCalculation
     assert (INPUT_FILENAME, OUTPUT_FILENAME, RECORDS_FILENAME) == (
         science.INPUT_FILENAME, science.OUTPUT_FILENAME, science.RECORDS_FILENAME)
+    from aiida_battgen.calculations import relax as calculation
+
+    assert calculation.CHECKPOINT_FILENAME == science.CHECKPOINT_FILENAME
+    assert calculation.RELAX_STATUSES == science.RELAX_STATUSES
     assert set(CELL_FILTERS) == set(science.CELL_FILTERS)
     assert set(OPTIMIZERS) == set(science.OPTIMIZERS)
 
@@ -147,6 +151,25 @@ def test_relax_end_to_end_chgnet(aiida_profile, battgen_code, chgnet_model):
     assert params["package_version"] == chgnet.__version__
     assert params["counts"] == {"converged": 2, "not_converged": 0, "exploded": 0, "unsupported_element": 0}
     assert params["fmax_eV_per_A"] == 0.05
+
+
+@pytest.mark.slow
+def test_parent_folder_continues_from_the_checkpoint(aiida_profile, battgen_code):
+    """A second job given the first one's work directory takes its finished row over and relaxes the new one."""
+    first_batch = StructureBatch.from_structures([licl_primitive()], [{"row_id": "licl"}])
+    parameters = orm.Dict({"mlip": "chgnet", "fmax": 0.05, "max_steps": 100})
+    first, first_node = run_get_node(MlipRelaxCalculation, code=battgen_code,
+                                     structures=StructureBatchData(first_batch), parameters=parameters)
+    assert first_node.is_finished_ok, first_node.exit_message
+    assert first["output_parameters"]["rows_from_checkpoint"] == 0
+    both = StructureBatch.from_structures([licl_primitive(), si2_primitive()], [{"row_id": "licl"}, {"row_id": "si2"}])
+    second, node = run_get_node(MlipRelaxCalculation, code=battgen_code, structures=StructureBatchData(both),
+                                parameters=parameters, parent_folder=first_node.outputs.remote_folder)
+    assert node.is_finished_ok, node.exit_message
+    assert second["output_parameters"]["rows_from_checkpoint"] == 1
+    assert second["relaxed_structures"].get_batch().row_ids == ["licl", "si2"]
+    taken = second["relaxed_structures"].get_batch().get("licl")[0]["energy_eV"]
+    assert taken == first["relaxed_structures"].get_batch().get("licl")[0]["energy_eV"]
 
 
 @pytest.mark.slow

@@ -159,3 +159,40 @@ def test_volume_guard_is_a_setting(chgnet):
                                 max_volume_factor=10.0, fmax=0.1, max_steps=300)
     assert record["relax_status"] in ("converged", "not_converged"), record["relax_message"]
     assert record["volume_change"] < 1 / 3  # the collapse the default x3 guard calls a blow-up
+
+
+def test_checkpoint_lets_a_killed_job_continue(tmp_path):
+    """Rows finished before a kill are taken from the checkpoint (even after a torn last line); new rows relax."""
+    from battgen.mlip.relax import CHECKPOINT_FILENAME, read_relax_checkpoint
+
+    rows = [{"row_id": "licl"}, {"row_id": "si2"}]
+    first = tmp_path / "first"
+    first.mkdir()
+    StructureBatch.from_structures([licl()], rows[:1]).write(first / "structures.jsonl.gz")
+    code, summary = run_command("relax", {"max_steps": 50, "progress": False}, first)
+    assert code == EXIT_OK and summary["outputs"]["rows_from_checkpoint"] == 0
+    # Simulate a kill while the next row was being written: a torn line after the finished one.
+    with open(first / CHECKPOINT_FILENAME, "a", encoding="utf-8") as handle:
+        handle.write('{"row": {"row_id": "si2"}, "rec')
+    finished = read_relax_checkpoint(first / CHECKPOINT_FILENAME)
+    assert list(finished) == ["licl"]
+
+    second = tmp_path / "second"
+    second.mkdir()
+    (second / "parent").symlink_to(first)  # what the CalcJob's parent_folder link looks like
+    StructureBatch.from_structures([licl(), si2()], rows).write(second / "structures.jsonl.gz")
+    config = {"max_steps": 50, "progress": False, "resume_from": f"parent/{CHECKPOINT_FILENAME}"}
+    code, summary = run_command("relax", config, second)
+    assert code == EXIT_OK, summary.get("error")
+    assert summary["outputs"]["rows_from_checkpoint"] == 1
+    records = {r["row_id"]: r for r in json.loads((second / "relax_records.json").read_text())["records"]}
+    assert records["licl"]["wall_time_s"] == finished["licl"][2]["wall_time_s"]  # taken, not recomputed
+    assert records["si2"]["relax_status"] in ("converged", "not_converged")
+    relaxed = StructureBatch.read(second / "relaxed.jsonl.gz")
+    assert relaxed.row_ids == ["licl", "si2"]
+    np.testing.assert_allclose(relaxed.structures[0].lattice.matrix, finished["licl"][0].lattice.matrix, atol=1e-6)
+    assert set(read_relax_checkpoint(second / CHECKPOINT_FILENAME)) == {"licl", "si2"}
+
+    # Another fmax changes results: that checkpoint is not continued.
+    code, summary = run_command("relax", {**config, "fmax": 0.01}, second)
+    assert code == EXIT_INVALID_INPUT and "other settings" in summary["error"]

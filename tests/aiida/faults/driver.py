@@ -112,16 +112,23 @@ SMALL_MEMORY_PREPEND = (
 )
 
 
-def _relax_batch(n_rows: int):
+def _relax_batch(n_rows: int, supercell: int = 1):
+    """Strained LiCl rows; ``supercell`` > 1 makes each row a rattled supercell that takes seconds to relax."""
+    import numpy as np
     from pymatgen.core import Lattice, Structure
 
     from aiida_battgen.data.batch import StructureBatchData
     from battgen.batch import StructureBatch
 
     structures, meta = [], []
+    rng = np.random.default_rng(7)
     for index in range(n_rows):
         licl = Structure.from_spacegroup("Fm-3m", Lattice.cubic(5.13 + 0.04 * index), ["Li", "Cl"],
                                          [[0, 0, 0], [0.5, 0.5, 0.5]]).get_primitive_structure()
+        if supercell > 1:
+            licl.make_supercell([supercell] * 3)
+            licl = Structure(licl.lattice, licl.species, licl.cart_coords + rng.normal(0, 0.08, (len(licl), 3)),
+                             coords_are_cartesian=True)
         structures.append(licl)
         meta.append({"row_id": f"licl-{index:02d}"})
     return StructureBatchData(StructureBatch.from_structures(structures, meta))
@@ -155,7 +162,7 @@ def submit(spec: dict) -> dict:
     code = orm.load_code(f"{spec.get('code', 'battgen')}@{computer}")
     options = _options(spec)
     if kind in ("relax", "relax_calc"):
-        structures = _relax_batch(int(spec.get("n_rows", 2)))
+        structures = _relax_batch(int(spec.get("n_rows", 2)), int(spec.get("supercell", 1)))
         parameters = orm.Dict({"mlip": "chgnet", "fmax": spec.get("fmax", 0.1), "max_steps": spec.get("max_steps", 60)})
         if kind == "relax":
             process = WorkflowFactory("battgen.mlip.relax_base")
@@ -258,7 +265,9 @@ def describe(spec: dict) -> dict:
                              "remote_folder_pk": _pk_of(child.outputs, "remote_folder"),
                              "retrieved_files": sorted(child.outputs.retrieved.base.repository.list_object_names())
                              if "retrieved" in child.outputs else None,
-                             "walltime_s": child.get_option("max_wallclock_seconds")})
+                             "walltime_s": child.get_option("max_wallclock_seconds"),
+                             "rows_from_checkpoint": child.outputs.output_parameters.get("rows_from_checkpoint")
+                             if "output_parameters" in child.outputs else None})
     shortlist = []
     if "shortlist" in node.outputs:
         for meta, structure in node.outputs.shortlist.get_batch():
