@@ -32,11 +32,11 @@ FIGURE_FILENAME = "channel_radius_vs_soc.png"
 SI_ANODE_KEYS = {
     "working_ion", "host_element", "min_capacity_mAh_per_g", "capacity_basis", "max_compounds", "max_sites",
     "primitive_cell", "n_configurations", "max_removed_fraction", "include_fully_lithiated", "seed", "mlip",
-    "model_path", "device", "fmax", "max_steps", "cell_filter", "optimizer", "maxstep", "channel_options",
+    "model_path", "device", "fmax", "max_steps", "cell_filter", "optimizer", "maxstep", "max_volume_factor", "channel_options",
     "max_wall_time_s",
 }
 _POSITIVE_INTEGERS = ("n_configurations", "max_steps", "max_compounds", "max_sites")
-_POSITIVE_NUMBERS = ("fmax", "maxstep", "max_removed_fraction")
+_POSITIVE_NUMBERS = ("fmax", "maxstep", "max_removed_fraction", "max_volume_factor")
 
 
 def validate_si_anode_parameters(parameters: orm.Dict, _=None) -> str | None:
@@ -74,7 +74,8 @@ class SiAnodeCalculation(BattgenCalcJob):
         spec.input("parameters", valid_type=orm.Dict, required=False, validator=validate_si_anode_parameters,
                    help="`battgen si-anode` settings, units in the names: min_capacity_mAh_per_g (mAh/g), "
                         "capacity_basis (host | discharged), n_configurations, max_removed_fraction, seed, mlip, "
-                        "fmax (eV/Å), max_steps, maxstep (Å), channel_options, max_wall_time_s (s) ...")
+                        "fmax (eV/Å), max_steps, maxstep (Å), max_volume_factor (relaxation blow-up guard, ratio), "
+                        "channel_options, max_wall_time_s (s) ...")
         spec.input("parent_folder", valid_type=orm.RemoteData, required=False,
                    help="Work directory of an interrupted run: its checkpoint is copied and finished "
                         "configurations are not relaxed again.")
