@@ -4,10 +4,12 @@ folder only (never the remote work directory) and maps CLI failures to the CalcJ
 from __future__ import annotations
 
 import gzip
+import io
 import json
 from typing import Any
 
 import yaml
+from aiida import orm
 from aiida.engine import ExitCode
 from aiida.parsers import Parser
 
@@ -115,6 +117,12 @@ class BattgenParser(Parser):
                     return StructureBatch.read_stream(text, source=filename)
         except (BatchFormatError, OSError, EOFError, UnicodeDecodeError) as exc:
             raise ParsingError(self.exit_codes.ERROR_OUTPUT_UNREADABLE.format(error=f"{filename}: {exc}"))
+
+    def read_singlefile(self, filename: str):
+        """A retrieved file (a table, a figure) as a new SinglefileData; raises ParsingError with 300 if missing."""
+        self._require(filename)
+        with self.retrieved.base.repository.open(filename, mode="rb") as handle:
+            return orm.SinglefileData(io.BytesIO(handle.read()), filename=filename)
 
     def read_json(self, filename: str) -> Any:
         """A retrieved JSON file; raises ParsingError with 300 (missing) or 301 (not JSON)."""

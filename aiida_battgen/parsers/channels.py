@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import math
 from collections import Counter
 from typing import Any
@@ -20,11 +19,6 @@ FLOAT_COLUMNS = ("channel_radius_A", "largest_included_sphere_A", "largest_free_
 
 
 class ChannelAnalysisParser(BattgenParser):
-    def _file(self, name: str) -> orm.SinglefileData:
-        self._require(name)
-        with self.retrieved.base.repository.open(name, mode="rb") as handle:
-            return orm.SinglefileData(io.BytesIO(handle.read()), filename=name)
-
     def parse_outputs(self, summary: dict[str, Any]) -> ExitCode | None:
         batch = self.read_batch(OUTPUT_BATCH)
         table = self.read_json(OUTPUT_TABLE_JSON)
@@ -58,8 +52,8 @@ class ChannelAnalysisParser(BattgenParser):
         self.out("analysed_structures", StructureBatchData(batch))
         self.out("output_parameters", orm.Dict(parameters))
         self.out("output_arrays", arrays)
-        self.out("table", self._file(OUTPUT_TABLE_CSV))
-        self.out("figure", self._file(OUTPUT_FIGURE))
+        self.out("table", self.read_singlefile(OUTPUT_TABLE_CSV))
+        self.out("figure", self.read_singlefile(OUTPUT_FIGURE))
         if parameters["n_failed"]:
             return self.exit_codes.WARNING_ROWS_FAILED.format(n=parameters["n_failed"])
         return None

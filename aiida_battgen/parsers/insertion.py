@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 from typing import Any
 
 from aiida import orm
@@ -14,11 +13,6 @@ from aiida_battgen.parsers.base import BattgenParser, ParsingError
 
 
 class InsertionParser(BattgenParser):
-    def _file(self, name: str) -> orm.SinglefileData:
-        self._require(name)
-        with self.retrieved.base.repository.open(name, mode="rb") as handle:
-            return orm.SinglefileData(io.BytesIO(handle.read()), filename=name)
-
     def parse_outputs(self, summary: dict[str, Any]) -> ExitCode | None:
         batch = self.read_batch(OUTPUT_BATCH)
         table = self.read_json(OUTPUT_TABLE_JSON)
@@ -40,8 +34,8 @@ class InsertionParser(BattgenParser):
         }
         self.out("output_parameters", orm.Dict(parameters))
         self.out("inserted_structures", StructureBatchData(batch))
-        self.out("table", self._file(OUTPUT_TABLE_CSV))
-        self.out("figure", self._file(OUTPUT_FIGURE))
+        self.out("table", self.read_singlefile(OUTPUT_TABLE_CSV))
+        self.out("figure", self.read_singlefile(OUTPUT_FIGURE))
         not_converged = sum(r.get("relax_status") not in ("converged",) for r in rows)
         if not_converged:
             return self.exit_codes.WARNING_NOT_CONVERGED.format(n=not_converged)

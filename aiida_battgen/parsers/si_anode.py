@@ -3,7 +3,6 @@ units), the capacity filter and the figure, from the retrieved files only."""
 
 from __future__ import annotations
 
-import io
 import json
 from typing import Any
 
@@ -76,7 +75,6 @@ class SiAnodeParser(BattgenParser):
         self.out("relaxed_structures", StructureBatchData(batch))
         self.out("configurations", table_arrays(rows, table.get("units", {})))
         self.out("compounds", orm.Dict(json.loads(json.dumps(compounds, default=float))))
-        with self.retrieved.base.repository.open(FIGURE_FILENAME, mode="rb") as handle:
-            self.out("figure", orm.SinglefileData(io.BytesIO(handle.read()), filename=FIGURE_FILENAME))
+        self.out("figure", self.read_singlefile(FIGURE_FILENAME))
         self.out("output_parameters", orm.Dict(parameters))
         return None
