@@ -5,6 +5,10 @@ Every command reads a YAML config, does its work in the working directory and wr
 and a status. CalcJobs of the AiiDA layer run exactly these commands and parse exactly these files.
 
 Exit codes: 0 success; 2 invalid config or input (nothing written but the summary); 3 the run failed.
+
+While a command runs it also keeps ``battgen-progress.json`` current (rows done / total, current row, ETA;
+see :mod:`battgen.progress`). ``--threads N`` sets OpenMP / MKL / OpenBLAS and torch to N threads (the
+AiiDA CalcJobs pass the job's cpus); the threads in effect are recorded in the summary.
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import importlib
+import importlib.util
+import os
 import platform
 import sys
 import time
@@ -24,6 +30,9 @@ from typing import Any
 import yaml
 
 from battgen import __version__
+from battgen.errors import InvalidInputError  # noqa: F401 - re-exported for the commands
+from battgen.known_warnings import ignore_known_warnings
+from battgen.progress import PROGRESS_FILENAME, progress_file  # noqa: F401 - PROGRESS_FILENAME re-exported
 
 SUMMARY_FILENAME = "battgen-summary.yaml"
 SUMMARY_FORMAT_VERSION = 1
@@ -46,7 +55,7 @@ COMMANDS: dict[str, str] = {
     "md": "battgen.md.run:run_md_command",
     "diffusion": "battgen.md.analysis:run_diffusion_command",
     "query-mp": "battgen.sources.materials_project:run_query_command",
-    "hull": "battgen.stability.hull:run_hull_command",
+    "hull": "battgen.stability.command:run_hull_command",
     "channels": "battgen.channels.analysis:run_channels_command",
     "insertion": "battgen.insertion.potential:run_insertion_command",
     "si-anode": "battgen.anode.silicon:run_si_anode_command",
@@ -73,10 +82,6 @@ def redact_secrets(value: Any) -> Any:
     return value
 
 
-class InvalidInputError(ValueError):
-    """Raised by a command when its config or input data is unusable; maps to exit code 2."""
-
-
 def package_versions() -> dict[str, str]:
     versions = {"battgen": __version__, "python": platform.python_version()}
     for name in _VERSIONED_PACKAGES:
@@ -99,8 +104,40 @@ def write_summary(workdir: Path, summary: dict[str, Any]) -> Path:
     return path
 
 
-def run_command(name: str, config: dict[str, Any], workdir: Path) -> tuple[int, dict[str, Any]]:
-    """Run one command in ``workdir`` and write its summary; returns (exit code, summary)."""
+# Environment variables read by the OpenMP / BLAS runtimes when they start (before torch or numpy load).
+THREAD_ENVIRONMENT_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+def set_threads(threads: int) -> dict[str, Any]:
+    """Limit this process to ``threads`` compute threads (OpenMP / MKL / OpenBLAS and torch's intra-op pool)."""
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"threads must be a positive integer, got {threads!r}")
+    for variable in THREAD_ENVIRONMENT_VARIABLES:
+        os.environ[variable] = str(threads)
+    if "torch" in sys.modules or importlib.util.find_spec("torch") is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+    return {"requested": threads}
+
+
+def threads_in_effect(requested: int | None) -> dict[str, Any]:
+    """What the summary records: the request, the environment and torch's pool (when torch was loaded)."""
+    record: dict[str, Any] = {"requested": requested}
+    record.update({variable: os.environ.get(variable) for variable in THREAD_ENVIRONMENT_VARIABLES})
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        record["torch_num_threads"] = int(torch.get_num_threads())
+    record["cpus_visible"] = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return record
+
+
+def run_command(name: str, config: dict[str, Any], workdir: Path,
+                threads: int | None = None) -> tuple[int, dict[str, Any]]:
+    """Run one command in ``workdir`` and write its summary; returns (exit code, summary).
+
+    ``threads`` (optional) limits the compute threads of this process before the command is loaded.
+    """
     workdir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     summary: dict[str, Any] = {
@@ -110,16 +147,24 @@ def run_command(name: str, config: dict[str, Any], workdir: Path) -> tuple[int, 
         "config": redact_secrets(config),
         "versions": package_versions(),
     }
-    try:
-        outputs = load_command(name)(config, workdir)
-        summary.update(status="ok", exit_code=EXIT_OK, outputs=outputs)
-    except InvalidInputError as exc:
-        summary.update(status="invalid_input", exit_code=EXIT_INVALID_INPUT, error=str(exc))
-    except Exception as exc:  # noqa: BLE001 - any failure must still leave a summary behind
-        summary.update(
-            status="failed", exit_code=EXIT_FAILED, error=f"{type(exc).__name__}: {exc}",
-            traceback=traceback.format_exc(limit=8),
-        )
+    with progress_file(workdir, name) as progress:
+        try:
+            if threads is not None:  # inside: importing torch can itself fail (out of memory) and needs a summary
+                set_threads(threads)
+            outputs = load_command(name)(config, workdir)
+            summary.update(status="ok", exit_code=EXIT_OK, outputs=outputs)
+        except InvalidInputError as exc:
+            summary.update(status="invalid_input", exit_code=EXIT_INVALID_INPUT, error=str(exc))
+        except Exception as exc:  # noqa: BLE001 - any failure must still leave a summary behind
+            summary.update(
+                status="failed", exit_code=EXIT_FAILED, error=f"{type(exc).__name__}: {exc}",
+                traceback=traceback.format_exc(limit=8),
+            )
+        if summary["status"] == "invalid_input":
+            progress.discard()  # rejected input leaves nothing but the summary
+        else:
+            progress.finish("finished" if summary["status"] == "ok" else "failed")
+    summary["threads"] = threads_in_effect(threads)
     summary["wall_time_s"] = round(time.perf_counter() - started, 3)
     write_summary(workdir, summary)
     return summary["exit_code"], summary
@@ -131,7 +176,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("command", choices=sorted(COMMANDS), help="what to run")
     parser.add_argument("--config", required=True, type=Path, help="YAML file with the command's settings")
     parser.add_argument("--workdir", type=Path, default=Path("."), help="where inputs are read and outputs go")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="compute threads (OpenMP, MKL, torch); default: the libraries' own choice")
     args = parser.parse_args(argv)
+    if args.threads is not None and args.threads < 1:
+        print(f"battgen: --threads must be a positive integer, got {args.threads}", file=sys.stderr)
+        return EXIT_INVALID_INPUT
 
     try:
         config = yaml.safe_load(args.config.read_text(encoding="utf-8")) or {}
@@ -142,7 +192,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"battgen: config {args.config} must be a mapping, got {type(config).__name__}", file=sys.stderr)
         return EXIT_INVALID_INPUT
 
-    code, summary = run_command(args.command, config, args.workdir)
+    ignore_known_warnings()
+    code, summary = run_command(args.command, config, args.workdir, threads=args.threads)
     if code != EXIT_OK:
         print(f"battgen {args.command}: {summary['status']}: {summary.get('error')}", file=sys.stderr)
     return code

@@ -42,8 +42,9 @@ HOSTS = ["LiCoO2", "Li2O", "Si"]
 TINY_OVERRIDES = {
     "generation": {"n": 12, "conditions": {"max_per_seed": 4}},
     "preselection": {"top_k": 1},
-    "relax": {"max_steps": 20, "fmax": 0.2},
+    "relax": {"relax": {"parameters": {"max_steps": 20, "fmax": 0.2}}},
     "shortlist": {"top_k": 1, "max_values": {"e_above_hull_eV_per_atom": 5.0}},
+    "known_materials": None,  # comparable with the recorded runs (MLIP-referenced hull, two relaxations)
 }
 
 

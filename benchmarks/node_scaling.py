@@ -23,7 +23,7 @@ def overrides(n: int) -> dict:
         "generation": {"n": n, "conditions": {"threshold": 1e-5, "max_per_seed": 100_000,
                                               "max_substituted_species": 2}},
         "preselection": {"top_k": 4},
-        "relax": {"fmax": 0.5, "max_steps": 100},
+        "relax": {"relax": {"parameters": {"fmax": 0.5, "max_steps": 100}}},
         "shortlist": {"top_k": 4, "max_values": {"e_above_hull_eV_per_atom": 10.0}},
     }
 

@@ -6,7 +6,10 @@ substitutions of real hosts, perturbed / strained / supercell copies of those an
 (mostly charge-invalid). Reference set: MP-20 mini (SLICES) + the MP-40 Chemeleon test CSVs, deduplicated by
 ``material_id``.
 
-Timed: ``screen_batch`` (validity -> SMACT -> uniqueness -> novelty) on all 10,000 rows.
+Timed: ``screen_batch`` (validity -> SMACT -> uniqueness -> novelty) on all 10,000 rows, with ``--workers``
+processes for the matching steps (default 2, the cores of the project's machine; 1 = one process). Also
+reported: CPU seconds of this process and its workers, and the 1-minute load average before and after (the
+machine is shared: wall seconds on a loaded machine are not comparable with a quiet one).
 Naive baseline: plain pairwise ``StructureMatcher().fit`` for uniqueness (each row against every earlier
 unique row) and novelty (each row against the reference in order, stopping at the first match). Running it
 in full would take hours, so its cost is measured on random pairs of the same data and scaled by the exact
@@ -15,8 +18,9 @@ include the early stop at the first match). Identical decisions are checked by r
 implementations on random subsets (plus, for novelty, the references our run matched to them, so that
 positives are tested too).
 
-Usage: ``python benchmarks/screening.py [--n 10000] [--seed 0]``; last line:
-``seconds=<ours> speedup=<naive/ours> identical=<true|false>``.
+Usage: ``python benchmarks/screening.py [--n 10000] [--seed 0] [--workers 2] [--check-serial]``; last line:
+``seconds=<ours> speedup=<naive/ours> identical=<true|false> workers=<n> cpu_s=<s> load_avg=<before>/<after>``
+(``--check-serial`` also runs the funnel in one process and requires the same decisions for all rows).
 """
 
 from __future__ import annotations
@@ -155,6 +159,9 @@ def main() -> None:
     parser.add_argument("--naive-queries", type=int, default=20, help="generated rows in the naive novelty sample")
     parser.add_argument("--naive-references", type=int, default=600, help="reference rows in that sample")
     parser.add_argument("--naive-unique-rows", type=int, default=150, help="rows in the naive uniqueness sample")
+    parser.add_argument("--workers", type=int, default=2, help="processes for uniqueness + novelty (1: one)")
+    parser.add_argument("--check-serial", action="store_true",
+                        help="also run the funnel in one process and compare every decision")
     args = parser.parse_args()
     data = shared_data_dir()
 
@@ -167,12 +174,23 @@ def main() -> None:
     print(f"generated: {len(generated)} structures in {time.perf_counter() - started:.1f} s: {kinds}")
 
     # --- ours (timed) ---
+    load_before = os.getloadavg()[0]
+    cpu_before = _cpu_seconds()
     started = time.perf_counter()
-    result = screen_batch(generated, reference=reference, progress=False)
+    result = screen_batch(generated, reference=reference, progress=False, workers=args.workers)
     ours = time.perf_counter() - started
+    cpu = _cpu_seconds() - cpu_before
+    load_after = os.getloadavg()[0]
     for step in result.steps:
         print(f"  {step.step:18s} {step.n_in:6d} -> {len(step.passed):6d}   {step.seconds:6.1f} s")
-    print(f"ours: {ours:.1f} s for the whole funnel")
+    print(f"ours: {ours:.1f} s wall for the whole funnel, {cpu:.1f} CPU s (this process + {args.workers} workers),"
+          f" load average {load_before:.1f} before / {load_after:.1f} after on {os.cpu_count()} cores")
+    identical_full = True
+    if args.check_serial:
+        started = time.perf_counter()
+        serial = screen_batch(generated, reference=reference, progress=False, workers=1)
+        identical_full = _decisions(serial) == _decisions(result)
+        print(f"one process: {time.perf_counter() - started:.1f} s, same decisions for all rows: {identical_full}")
 
     # --- naive: exact pair counts on the full run, cost per pair on a random sample ---
     uniq_step, nov_step = result.step("uniqueness"), result.step("novelty")
@@ -250,8 +268,20 @@ def main() -> None:
     print(f"  identical decisions: uniqueness window + {len(subset)}-row subset with {n_dup_subset} duplicates"
           f" {identical_uniqueness}, novelty sample {identical_novelty}"
           f" ({n_positive} of {len(queries)} rows match a reference)")
-    identical = identical_uniqueness and identical_novelty
-    print(f"seconds={ours:.1f} speedup={naive / ours:.0f} identical={str(identical).lower()}")
+    identical = identical_uniqueness and identical_novelty and identical_full
+    print(f"seconds={ours:.1f} speedup={naive / ours:.0f} identical={str(identical).lower()} workers={args.workers}"
+          f" cpu_s={cpu:.1f} load_avg={load_before:.1f}/{load_after:.1f}")
+
+
+def _cpu_seconds() -> float:
+    import resource
+
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def _decisions(result) -> dict:
+    return {meta["row_id"]: meta.get("reject_reason") for meta in result.rejected.meta}
 
 
 def uniqueness_passed_ids(step) -> list[str]:

@@ -109,3 +109,77 @@ def _restore_torch_default_dtype():
     torch = sys.modules.get("torch")
     if torch is not None and torch.get_default_dtype() != torch.float32:
         torch.set_default_dtype(torch.float32)
+
+
+# --- Shared AiiDA fixtures (the aiida-quantumespresso conftest pattern) -------------------------------------
+@pytest.fixture
+def generate_calc_job(aiida_profile, tmp_path):
+    """``prepare_for_submission`` of the CalcJob ``entry_point_name`` on ``inputs``, in a sandbox folder: returns
+    ``(folder, calcinfo)`` without a scheduler, a transport or the command."""
+
+    def _generate(entry_point_name: str, inputs: dict):
+        from aiida.common.folders import Folder
+        from aiida.engine.utils import instantiate_process
+        from aiida.manage import get_manager
+        from aiida.plugins import CalculationFactory
+
+        process = instantiate_process(get_manager().get_runner(), CalculationFactory(entry_point_name), **inputs)
+        (tmp_path / "sandbox").mkdir(exist_ok=True)
+        folder = Folder(str(tmp_path / "sandbox"))
+        return folder, process.prepare_for_submission(folder)
+
+    return _generate
+
+
+@pytest.fixture
+def generate_calc_job_node(aiida_profile, aiida_localhost):
+    """A stored, finished CalcJobNode of ``entry_point_name`` standing in for a child calculation: ``exit_code``
+    (an ``ExitCode``, or None for success), ``outputs`` (link label -> unstored data node) and, with
+    ``remote_path``, a ``remote_folder`` output; ``options`` are set as the node's metadata options. The node is
+    sealed."""
+
+    def _generate(entry_point_name: str, exit_code=None, outputs: dict | None = None, remote_path: str | None = None,
+                  options: dict | None = None):
+        from aiida import orm
+        from aiida.common import LinkType
+        from aiida.engine import ProcessState
+        from aiida.plugins import CalculationFactory
+
+        process_class = CalculationFactory(entry_point_name)
+        node = orm.CalcJobNode(computer=aiida_localhost, process_type=f"aiida.calculations:{entry_point_name}")
+        node.set_process_label(process_class.__name__)
+        node.set_process_state(ProcessState.FINISHED)
+        node.set_exit_status(exit_code.status if exit_code else 0)
+        node.set_exit_message(exit_code.message if exit_code else None)
+        for key, value in (options or {}).items():
+            node.set_option(key, value)
+        node.store()
+        outputs = dict(outputs or {})
+        if remote_path is not None:
+            outputs["remote_folder"] = orm.RemoteData(computer=aiida_localhost, remote_path=remote_path)
+        for label, output in outputs.items():
+            output.base.links.add_incoming(node, link_type=LinkType.CREATE, link_label=label)
+            output.store()
+        node.seal()  # finished and complete, as the engine leaves it
+        return node
+
+    return _generate
+
+
+@pytest.fixture
+def generate_workchain(aiida_profile):
+    """An instantiated (not running) work chain of ``entry_point`` (an entry point name or the class) on
+    ``inputs``; with ``setup`` its ``setup`` step has run, so handlers can be called on fake child nodes."""
+
+    def _generate(entry_point, inputs: dict, setup: bool = True):
+        from aiida.engine.utils import instantiate_process
+        from aiida.manage import get_manager
+        from aiida.plugins import WorkflowFactory
+
+        process_class = WorkflowFactory(entry_point) if isinstance(entry_point, str) else entry_point
+        process = instantiate_process(get_manager().get_runner(), process_class, **inputs)
+        if setup:
+            process.setup()
+        return process
+
+    return _generate

@@ -20,6 +20,8 @@ listed there (every calcfunction, new ones included, gets the wrong-type check).
 
 from __future__ import annotations
 
+import io
+
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -162,7 +164,7 @@ CLI_CASES = [
     CliCase("generate", "empty-seeds", {"generator": "substitution", "n": 5, "input": "seeds.jsonl.gz"},
             r"seed batch has no rows", {"seeds.jsonl.gz": "empty_batch"}),
     CliCase("generate", "negative-n", {"generator": "substitution", "n": -5, "input": "seeds.jsonl.gz"},
-            r"'n' must be", {"seeds.jsonl.gz": "licl_batch"}),
+            r"\bn must be a non-negative integer, got -5", {"seeds.jsonl.gz": "licl_batch"}),
     CliCase("generate", "negative-threshold",
             {"generator": "substitution", "n": 5, "input": "seeds.jsonl.gz", "conditions": {"threshold": -1}},
             r"threshold", {"seeds.jsonl.gz": "licl_batch"}),
@@ -195,9 +197,9 @@ CLI_CASES = [
     # md
     CliCase("md", "overlapping-atoms", {}, r"overlapping|apart", {"structure.json": "overlap_structure_json"}),
     CliCase("md", "unsupported-element", {}, r"\['Og'\] not supported", {"structure.json": "og_structure_json"}),
-    CliCase("md", "negative-temperature", {"temperature_K": -300}, r"temperature_K must be positive",
+    CliCase("md", "negative-temperature", {"temperature_K": -300}, r"temperature_K must be a positive number \(K\)",
             {"structure.json": "licl_structure_json"}),
-    CliCase("md", "absurd-temperature", {"temperature_K": 1e7}, r"temperature_K .* above",
+    CliCase("md", "absurd-temperature", {"temperature_K": 1e7}, r"temperature_K: 1e\+07 K is above 10000 K",
             {"structure.json": "licl_structure_json"}),
     # diffusion
     CliCase("diffusion", "not-an-md-directory", {"trajectories": ["run"], "working_ion": "Li"},
@@ -371,6 +373,8 @@ DISCOVERY_BAD_VALUES = [
     ("unknown-generator", {"generation": {"generator": "alchemy"}}, r"unknown generator 'alchemy'"),
     ("trained-generator-without-model", {"generation": {"generator": "cdvae"}},
      r"needs a trained model as `generator_models.cdvae`"),
+    ("typo-in-a-shortlist-column", {"shortlist": {"max_values": {"e_above_hull": 0.1}}},
+     r"`shortlist.max_values.e_above_hull`: no step before `shortlist` writes such a column.*e_above_hull_eV_per_atom"),
 ]
 
 
@@ -467,6 +471,9 @@ FUNCTION_CASES = [
     FunctionCase("battgen.screen_novelty", "empty-reference",
                  lambda _: {"structures": _batch_node(), "reference": _batch_node("empty")},
                  r"input batch `reference` has no rows", 320),
+    FunctionCase("battgen.merge_known_materials", "not-a-reference-file",
+                 lambda _: {"Li_O": orm.SinglefileData(io.BytesIO(b"material_id,cif\n"), filename="Li-O.csv")},
+                 r"invalid Materials Project snapshot: Li_O", 334),
     # generation
     FunctionCase("battgen.generate_substitution", "empty-seeds",
                  lambda _: {"seeds": _batch_node("empty"), "parameters": _dict(n=5), "seed": orm.Int(0)},
@@ -519,6 +526,12 @@ FUNCTION_CASES = [
                  lambda _: {"stage_names": orm.List(["a", "b"]), "stage_00": _batch_node()},
                  r"2 stage names for 1 batches", 321),
     # properties
+    FunctionCase("battgen.campaign_finetune_set", "round-zero",
+                 lambda _: {"previous": _batch_node(), "survivors": _batch_node("two"), "round_index": orm.Int(0)},
+                 r"`round_index` must be a round number >= 1", 321),
+    FunctionCase("battgen.campaign_summary", "unknown-label",
+                 lambda _: {"parameters": _dict(name="x"), "round1_batch": _batch_node()},
+                 r"input label\(s\) \['round1_batch'\] name no round batch", 322),
     FunctionCase("battgen.capacity", "fraction-above-one",
                  lambda _: {"structures": _batch_node(), "parameters": _dict(working_ion="Li", fraction=2.0)},
                  r"`fraction` must be in \(0, 1\]", 321),

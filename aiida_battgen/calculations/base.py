@@ -20,10 +20,22 @@ from aiida.common import datastructures
 from aiida.engine.processes.process_spec import CalcJobProcessSpec
 
 from battgen.cli import SUMMARY_FILENAME
+from battgen.progress import PROGRESS_FILENAME
 
 CONFIG_FILENAME = "config.yaml"
 STDOUT_FILENAME = "battgen.out"
 STDERR_FILENAME = "battgen.err"
+
+
+def settings_validator(settings, prefix: str = "parameters", job_values: Mapping[str, Any] | None = None):
+    """A port validator that checks a ``Dict`` with a command's settings model (``battgen.contracts``) at submit
+    time; ``job_values``: what ``build_config`` writes itself (needed by models with required job fields)."""
+
+    def validator(parameters, _=None) -> str | None:
+        return settings.parameters_error(parameters.get_dict(), prefix=prefix, job_values=job_values)
+
+    validator.__doc__ = f"``battgen {settings.COMMAND}`` settings ({settings.__name__}) at submit time."
+    return validator
 
 
 def validate_nonempty_batch(structures, _=None) -> str | None:
@@ -59,6 +71,10 @@ class BattgenCalcJob(engine.CalcJob):
         spec.inputs["metadata"]["options"]["input_filename"].default = CONFIG_FILENAME
         spec.inputs["metadata"]["options"]["output_filename"].default = STDOUT_FILENAME
         spec.input("metadata.options.error_filename", valid_type=str, default=STDERR_FILENAME)
+        spec.input("metadata.options.num_threads", valid_type=int, required=False,
+                   help="Compute threads of the job (OpenMP, MKL, torch; passed as `battgen --threads`). "
+                        "Default: the job's cpus from `resources` (num_cores_per_mpiproc, else "
+                        "num_cores_per_machine, else num_mpiprocs_per_machine, else tot_num_mpiprocs).")
 
         # 3xx: the run left nothing usable (invalidate the cache).
         spec.exit_code(300, "ERROR_MISSING_OUTPUT_FILES", message="An output file of the command was not retrieved: {files}.")
@@ -77,6 +93,23 @@ class BattgenCalcJob(engine.CalcJob):
         return []
 
     # --- the submission -----------------------------------------------------------------------
+    def num_threads(self) -> int:
+        """Threads for the job: the explicit option, else the cpus its resources ask for (at least 1)."""
+        options = self.inputs.metadata.options
+        if options.get("num_threads") is not None:
+            if options.num_threads < 1:
+                raise ValueError(f"metadata.options.num_threads must be at least 1, got {options.num_threads}")
+            return int(options.num_threads)
+        resources = dict(options.resources)
+        for key in ("num_cores_per_mpiproc", "num_cores_per_machine", "num_mpiprocs_per_machine", "tot_num_mpiprocs"):
+            if resources.get(key):
+                return max(1, int(resources[key]))
+        return 1
+
+    def thread_arguments(self) -> list[str]:
+        """``battgen`` command-line arguments that set the job's threads."""
+        return ["--threads", str(self.num_threads())]
+
     def prepare_for_submission(self, folder) -> datastructures.CalcInfo:
         if not self.COMMAND:
             raise NotImplementedError(f"{type(self).__name__} does not set COMMAND")
@@ -87,7 +120,8 @@ class BattgenCalcJob(engine.CalcJob):
 
         codeinfo = datastructures.CodeInfo()
         codeinfo.code_uuid = self.inputs.code.uuid
-        codeinfo.cmdline_params = [self.COMMAND, "--config", options.input_filename, "--workdir", "."]
+        codeinfo.cmdline_params = [self.COMMAND, "--config", options.input_filename, "--workdir", ".",
+                                   *self.thread_arguments()]
         codeinfo.stdout_name = options.output_filename
         codeinfo.stderr_name = options.error_filename
 
@@ -95,27 +129,6 @@ class BattgenCalcJob(engine.CalcJob):
         calcinfo.codes_info = [codeinfo]
         # Inputs are copied straight from the node repositories: nothing is duplicated in the sandbox.
         calcinfo.local_copy_list = self.input_files()
-        calcinfo.retrieve_list = [SUMMARY_FILENAME, options.output_filename, options.error_filename, *self.OUTPUT_FILES]
+        calcinfo.retrieve_list = [SUMMARY_FILENAME, PROGRESS_FILENAME, options.output_filename, options.error_filename,
+                                  *self.OUTPUT_FILES]
         return calcinfo
-
-
-def validate_parameters_dict(
-    parameters: Mapping[str, Any], schema: Mapping[str, tuple[type | tuple[type, ...], str]]
-) -> str | None:
-    """Check a parameters mapping against ``{key: (accepted types, description)}``; returns an error or None.
-
-    Unknown keys are rejected with the list of allowed keys; bools are not accepted where numbers are.
-    """
-    unknown = sorted(set(parameters) - set(schema))
-    if unknown:
-        allowed = "; ".join(f"{key}: {description}" for key, (_, description) in schema.items())
-        return f"unknown parameter(s) {unknown}. Allowed: {allowed}"
-    for key, value in parameters.items():
-        types = schema[key][0]
-        types = types if isinstance(types, tuple) else (types,)
-        if isinstance(value, bool) and bool not in types:
-            return f"parameter {key!r} must be {'/'.join(t.__name__ for t in types)}, got a bool"
-        if not isinstance(value, types):
-            return f"parameter {key!r} must be {'/'.join(t.__name__ for t in types)}, got {type(value).__name__}"
-    return None
-

@@ -10,37 +10,21 @@ from typing import Any
 
 from aiida import orm
 
-from aiida_battgen.calculations.base import BattgenCalcJob, validate_parameters_dict
+from aiida_battgen.calculations.base import BattgenCalcJob
 from aiida_battgen.data.batch import StructureBatchData
 from aiida_battgen.data.model import ModelData
-
-# Mirrors battgen.generate (not imported here: the AiiDA layer stays free of torch).
-MODEL_DIRNAME = "model"
-SEEDS_FILENAME = "seeds.jsonl.gz"
-GENERATED_FILENAME = "generated.jsonl.gz"
-# Trained generators and the architecture their model node must have (the manifests' ``architecture``).
-GENERATOR_ARCHITECTURES = {"cdvae": "cdvae", "llm": "crystal-llm"}
-
-GENERATE_PARAMETERS_SCHEMA: dict[str, tuple[type | tuple[type, ...], str]] = {
-    "generator": (str, "generator name: cdvae, llm, substitution ..."),
-    "n": (int, "number of structures to sample"),
-    "conditions": (dict, "generator-specific conditions (targets with units in their names, element constraints, "
-                         "sampler settings such as batch_size)"),
-    "seed": (int, "random seed of the sampling"),
-    "options": (dict, "extra generator constructor options (device ...); the model comes from the `model` input"),
-}
+from battgen.contracts.generate import (GENERATED_FILENAME, GENERATOR_ARCHITECTURES, MODEL_DIRNAME,  # noqa: F401
+                                       SEEDS_FILENAME, GenerateSettings)
 
 
 def validate_generate_parameters(parameters: orm.Dict, _=None) -> str | None:
+    """The settings model of ``battgen generate`` at submit time (a job samples at least one structure)."""
     values = parameters.get_dict()
-    error = validate_parameters_dict(values, GENERATE_PARAMETERS_SCHEMA)
+    error = GenerateSettings.parameters_error(values)
     if error:
         return error
-    for key in ("generator", "n"):
-        if key not in values:
-            return f"parameters need `{key}`"
     if values["n"] < 1:
-        return f"`n` must be at least 1, got {values['n']}"
+        return f"parameters.n must be at least 1, got {values['n']}"
     if "model" in values.get("options", {}):
         return "give the model as the `model` input (a battgen.model node), not in `options`"
     return None
@@ -71,7 +55,7 @@ class GenerateCalculation(BattgenCalcJob):
         spec.input("seed_structures", valid_type=StructureBatchData, required=False,
                    help="Seed structures (substitution hosts, infilling templates).")
         spec.input("parameters", valid_type=orm.Dict, validator=validate_generate_parameters,
-                   help="; ".join(f"{k}: {d}" for k, (_, d) in GENERATE_PARAMETERS_SCHEMA.items()))
+                   help="`battgen generate` settings: " + GenerateSettings.help())
         spec.inputs.validator = validate_generate_inputs
         spec.output("generated_structures", valid_type=StructureBatchData,
                     help="The samples; each row's `generator` and `model_sha256` say what made it.")
@@ -93,6 +77,8 @@ class GenerateCalculation(BattgenCalcJob):
             config["options"]["model"] = MODEL_DIRNAME
         if "seed_structures" in self.inputs:
             config["input"] = SEEDS_FILENAME
+        if "device" in parameters:
+            config["device"] = parameters["device"]
         return config
 
     def input_files(self) -> list[tuple[str, str, str]]:

@@ -17,56 +17,23 @@ import yaml
 from aiida import orm
 from aiida.common import datastructures
 
-from aiida_battgen.calculations.base import BattgenCalcJob
+from aiida_battgen.calculations.base import BattgenCalcJob, settings_validator
 from aiida_battgen.data.model import ModelData
+from battgen.cli import SUMMARY_FILENAME as BATTGEN_SUMMARY_FILENAME
+from battgen.contracts.base import MODEL_DIRNAME
+from battgen.contracts.md import (DOWNSAMPLED_FILENAME, MSD_FIGURE_FILENAME, MSD_FILENAME, RESTART_FILES,
+                                  RESULTS_FILENAME, STATE_FILENAME, STRUCTURE_FILENAME, SUMMARY_FILENAME,
+                                  DiffusionSettings, MdSettings)
 
-# Mirrors battgen.md (not imported: no torch / ASE MD in this layer); tests check they agree.
-STRUCTURE_FILENAME = "structure.json"
-MODEL_DIRNAME = "model"
-MD_SUMMARY_FILENAME = "md_summary.json"
-MD_STATE_FILENAME = "md_state.json"
-MD_STATE_ARRAYS_FILENAME = "md_state.npz"
-MD_SETUP_FILENAME = "md_setup.json"
-MD_INITIAL_STRUCTURE_FILENAME = "md_initial_structure.json"
-TRAJ_DIRNAME = "traj"
-DOWNSAMPLED_FILENAME = "trajectory.extxyz"
-MSD_FILENAME = "msd.npz"
 ANALYSIS_DIRNAME = "analysis"
-DIFFUSION_RESULTS_FILENAME = "diffusion_results.json"
-MSD_FIGURE_FILENAME = "msd.png"
-# Files a restart needs from the interrupted run (the chunks are copied as a directory).
-RESTART_FILES = (MD_STATE_FILENAME, MD_STATE_ARRAYS_FILENAME, MD_SETUP_FILENAME, MD_INITIAL_STRUCTURE_FILENAME,
-                 TRAJ_DIRNAME)
-
-MD_KEYS = {
-    "mlip", "device", "temperature_K", "timestep_fs", "npt_time_ps", "nvt_time_ps", "pressure_GPa",
-    "bulk_modulus_GPa", "taut_fs", "taup_fs", "nhc_chain_length", "npt_barostat", "nvt_thermostat", "nvt_cell",
-    "sample_every", "chunk_steps", "seed", "max_temperature_factor", "max_wall_time_s", "supercell_min_atoms",
-    "working_ion", "vacancy_fraction", "vacancy_count", "vacancy_seed", "downsampled_max_frames",
-}
-ANALYSIS_KEYS = {
-    "charge", "phase", "skip_time_ps", "smoothed", "uncertainty", "n_blocks", "kinisi_samples", "seed",
-    "hop_distance_A", "hop_smoothing_fs", "min_hops", "min_msd_exponent",
-}
 
 
-def validate_md_parameters(parameters: orm.Dict, _=None) -> str | None:
-    values = parameters.get_dict()
-    unknown = sorted(set(values) - MD_KEYS)
-    if unknown:
-        return f"unknown MD parameter(s) {unknown}; allowed: {sorted(MD_KEYS)} (units in the names)"
-    for key in ("temperature_K", "timestep_fs", "nvt_time_ps"):
-        value = values.get(key)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float) or value <= 0):
-            return f"`{key}` must be a positive number, got {value!r}"
-    return None
+validate_md_parameters = settings_validator(MdSettings)
 
 
-def validate_analysis_parameters(parameters: orm.Dict, _=None) -> str | None:
-    unknown = sorted(set(parameters.get_dict()) - ANALYSIS_KEYS)
-    if unknown:
-        return f"unknown diffusion-analysis parameter(s) {unknown}; allowed: {sorted(ANALYSIS_KEYS)}"
-    return None
+# the job itself sets trajectories and working_ion
+validate_analysis_parameters = settings_validator(DiffusionSettings, prefix="analysis",
+                                                  job_values={"trajectories": [".."], "working_ion": "Li"})
 
 
 def validate_md_inputs(inputs, _=None) -> str | None:
@@ -83,7 +50,7 @@ class MdCalculation(BattgenCalcJob):
     """NPT equilibration + NVT production with an MLIP, then D, σ and hops of the working ion."""
 
     COMMAND = "md"
-    OUTPUT_FILES = (MD_SUMMARY_FILENAME, DOWNSAMPLED_FILENAME, MSD_FILENAME)
+    OUTPUT_FILES = (SUMMARY_FILENAME, DOWNSAMPLED_FILENAME, MSD_FILENAME)
 
     @classmethod
     def define(cls, spec) -> None:
@@ -91,11 +58,10 @@ class MdCalculation(BattgenCalcJob):
         spec.inputs["metadata"]["options"]["parser_name"].default = "battgen.mlip.md"
         spec.input("structure", valid_type=orm.StructureData, help="The cell (a supercell is built if asked).")
         spec.input("parameters", valid_type=orm.Dict, validator=validate_md_parameters,
-                   help="`battgen md` settings with units in the names: temperature_K, timestep_fs, npt_time_ps, "
-                        "nvt_time_ps, working_ion, vacancy_fraction, supercell_min_atoms, mlip ...")
+                   help="`battgen md` settings: " + MdSettings.help())
         spec.input("analysis", valid_type=orm.Dict, required=False, validator=validate_analysis_parameters,
-                   help="`battgen diffusion` settings (uncertainty, skip_time_ps, hop_distance_A ...); given -> the "
-                        "job also computes D and σ of the working ion.")
+                   help="`battgen diffusion` settings; given -> the job also computes D and σ of the working ion: "
+                        + DiffusionSettings.help())
         spec.input("model", valid_type=ModelData, required=False,
                    help="A trained interatomic potential (battgen.model of kind potential, e.g. NequIP).")
         spec.input("parent_folder", valid_type=orm.RemoteData, required=False,
@@ -145,14 +111,14 @@ class MdCalculation(BattgenCalcJob):
             codeinfo = datastructures.CodeInfo()
             codeinfo.code_uuid = self.inputs.code.uuid
             codeinfo.cmdline_params = ["diffusion", "--config", f"{ANALYSIS_DIRNAME}/config.yaml",
-                                       "--workdir", ANALYSIS_DIRNAME]
+                                       "--workdir", ANALYSIS_DIRNAME, *self.thread_arguments()]
             codeinfo.stdout_name = f"{ANALYSIS_DIRNAME}/battgen.out"
             codeinfo.stderr_name = f"{ANALYSIS_DIRNAME}/battgen.err"
             calcinfo.codes_info.append(codeinfo)
             calcinfo.codes_run_mode = datastructures.CodeRunMode.SERIAL
             calcinfo.retrieve_list += [
                 (f"{ANALYSIS_DIRNAME}/{name}", ".", 2)
-                for name in ("battgen-summary.yaml", DIFFUSION_RESULTS_FILENAME, MSD_FIGURE_FILENAME, "battgen.err")
+                for name in (BATTGEN_SUMMARY_FILENAME, RESULTS_FILENAME, MSD_FIGURE_FILENAME, "battgen.err")
             ]
         return calcinfo
 
@@ -163,11 +129,11 @@ def md_stability_monitor(node, transport, max_stall_s: int | None = None) -> str
     import tempfile
     import time
 
-    path = f"{node.get_remote_workdir()}/{MD_STATE_FILENAME}"
+    path = f"{node.get_remote_workdir()}/{STATE_FILENAME}"
     if not transport.isfile(path):
         return None
     with tempfile.TemporaryDirectory() as scratch:
-        local = f"{scratch}/{MD_STATE_FILENAME}"
+        local = f"{scratch}/{STATE_FILENAME}"
         transport.getfile(path, local)
         try:
             with open(local, encoding="utf-8") as handle:

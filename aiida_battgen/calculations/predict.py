@@ -7,31 +7,18 @@ from typing import Any
 
 from aiida import orm
 
-from aiida_battgen.calculations.base import BattgenCalcJob, validate_parameters_dict
+from aiida_battgen.calculations.base import BattgenCalcJob, settings_validator
 from aiida_battgen.data.batch import StructureBatchData
 from aiida_battgen.data.model import ModelData
 
-# Mirrors battgen.predictors.training (not imported: no torch in this layer).
-MODEL_DIRNAME = "model"
-INPUT_FILENAME = "structures.jsonl.gz"
-PREDICTED_FILENAME = "predicted.jsonl.gz"
-PREDICTOR_ARCHITECTURES = {
-    "alignn": "alignn", "m3gnet": "matgl-m3gnet", "megnet": "matgl-megnet", "magpie-cnn": "magpie-cnn",
-    "xrd-cnn": "xrd-cnn", "voltage-cgcnn": "voltage-cgcnn",
-}
+from battgen.contracts.predict import (INPUT_FILENAME, MODEL_DIRNAME, PREDICTED_FILENAME,  # noqa: F401
+                                      PREDICTOR_ARCHITECTURES, PredictSettings, predictor_for_architecture)
 
-PREDICT_PARAMETERS_SCHEMA: dict[str, tuple[type | tuple[type, ...], str]] = {
-    "predictor": (str, "predictor name (battgen.predictors entry point); default: from the model's architecture"),
-    "options": (dict, "predictor constructor options: device (cpu/cuda), batch_size ..."),
-}
+# What the job writes itself (the predictor defaults from the model's architecture in validate_predict_inputs).
+_JOB_VALUES = {"model": MODEL_DIRNAME, "input": INPUT_FILENAME, "predictor": "from-the-model"}
 
 
-def predictor_for_architecture(architecture: str) -> str | None:
-    return next((name for name, arch in PREDICTOR_ARCHITECTURES.items() if arch == architecture), None)
-
-
-def validate_predict_parameters(parameters: orm.Dict, _=None) -> str | None:
-    return validate_parameters_dict(parameters.get_dict(), PREDICT_PARAMETERS_SCHEMA)
+validate_predict_parameters = settings_validator(PredictSettings, job_values=_JOB_VALUES)
 
 
 def validate_predict_inputs(inputs, _=None) -> str | None:
@@ -65,7 +52,7 @@ class PredictCalculation(BattgenCalcJob):
         spec.input("structures", valid_type=StructureBatchData, help="The rows to predict for.")
         spec.input("model", valid_type=ModelData, help="A trained predictor (kind 'predictor').")
         spec.input("parameters", valid_type=orm.Dict, required=False, validator=validate_predict_parameters,
-                   help="; ".join(f"{k}: {d}" for k, (_, d) in PREDICT_PARAMETERS_SCHEMA.items()))
+                   help="`battgen predict` settings: " + PredictSettings.help())
         spec.inputs.validator = validate_predict_inputs
         spec.output("predicted_structures", valid_type=StructureBatchData,
                     help="The input rows with predicted_<target> columns (units in the names) and predicted_by.")
@@ -78,8 +65,11 @@ class PredictCalculation(BattgenCalcJob):
     def build_config(self) -> dict[str, Any]:
         parameters = self.inputs.parameters.get_dict() if "parameters" in self.inputs else {}
         name = parameters.get("predictor") or predictor_for_architecture(self.inputs.model.architecture)
-        return {"predictor": name, "model": MODEL_DIRNAME, "input": INPUT_FILENAME, "output": PREDICTED_FILENAME,
-                "options": dict(parameters.get("options", {}))}
+        config = {"predictor": name, "model": MODEL_DIRNAME, "input": INPUT_FILENAME, "output": PREDICTED_FILENAME,
+                  "options": dict(parameters.get("options", {}))}
+        if "device" in parameters:
+            config["device"] = parameters["device"]
+        return config
 
     def input_files(self) -> list[tuple[str, str, str]]:
         structures = self.inputs.structures

@@ -2,63 +2,21 @@
 
 from __future__ import annotations
 
-from importlib import metadata
 from typing import Any
 
 from aiida import orm
 
-from aiida_battgen.calculations.base import BattgenCalcJob, validate_parameters_dict, validate_nonempty_batch
+from aiida_battgen.calculations.base import BattgenCalcJob, settings_validator, validate_nonempty_batch
 from aiida_battgen.data.batch import StructureBatchData
+from battgen.contracts.mlip import CELL_FILTERS, MLIP_ENTRY_POINT_GROUP, OPTIMIZERS, known_mlips  # noqa: F401
+from battgen.contracts.relax import (CHECKPOINT_FILENAME, INPUT_FILENAME, OUTPUT_FILENAME,  # noqa: F401
+                                     RECORDS_FILENAME, RELAX_STATUSES, RelaxSettings)
 
-# Mirrors battgen.mlip.relax (not imported here: the AiiDA layer stays free of torch and ASE);
-# tests/aiida/test_relax_calcjob.py checks the two stay in sync.
-INPUT_FILENAME = "structures.jsonl.gz"
-OUTPUT_FILENAME = "relaxed.jsonl.gz"
-RECORDS_FILENAME = "relax_records.json"
-CHECKPOINT_FILENAME = "relax_checkpoint.jsonl"
-RELAX_STATUSES = ("converged", "not_converged", "exploded", "unsupported_element")
-CELL_FILTERS = ("frechet", "exp", None)
-OPTIMIZERS = ("FIRE", "BFGS", "LBFGS")
-MLIP_ENTRY_POINT_GROUP = "battgen.mlips"
-
-PARAMETERS_SCHEMA: dict[str, tuple[type | tuple[type, ...], str]] = {
-    "mlip": (str, "MLIP name: chgnet, sevennet, m3gnet (or battgen.<name>); default chgnet"),
-    "fmax": ((float, int), "force convergence threshold in eV/Å; default 0.05"),
-    "max_steps": (int, "maximum optimiser steps per structure; default 500"),
-    "cell_filter": ((str, type(None)), "cell relaxation: 'frechet', 'exp' or None (fixed cell); default 'frechet'"),
-    "optimizer": (str, "ASE optimiser: FIRE, BFGS, LBFGS; default FIRE"),
-    "maxstep": ((float, int), "largest optimiser step in Å; default 0.2"),
-    "model_path": (str, "weights file/directory on the remote computer instead of the pretrained model"),
-    "device": (str, "torch device on the remote computer: cpu or cuda; default cpu"),
-    "checkpoint": (bool, "append each finished row to relax_checkpoint.jsonl (continued after a kill); default true"),
-}
 # The parent_folder input is linked under this name; ``battgen relax`` continues from its checkpoint.
 PARENT_LINK_NAME = "parent"
 
 
-def known_mlips() -> list[str]:
-    """Short names of the MLIPs registered in the ``battgen.mlips`` entry-point group (no import of them)."""
-    return sorted(ep.name.removeprefix("battgen.") for ep in metadata.entry_points(group=MLIP_ENTRY_POINT_GROUP))
-
-
-def validate_relax_parameters(parameters: orm.Dict, _=None) -> str | None:
-    """Reject unknown keys, wrong types and impossible values before anything is submitted."""
-    values = parameters.get_dict()
-    error = validate_parameters_dict(values, PARAMETERS_SCHEMA)
-    if error:
-        return error
-    if "mlip" in values and values["mlip"].removeprefix("battgen.") not in known_mlips():
-        return f"unknown mlip {values['mlip']!r}; available: {', '.join(known_mlips())}"
-    for key in ("fmax", "maxstep"):
-        if key in values and not values[key] > 0:
-            return f"parameter {key!r} must be positive, got {values[key]}"
-    if "max_steps" in values and values["max_steps"] < 1:
-        return f"parameter 'max_steps' must be at least 1, got {values['max_steps']}"
-    if "cell_filter" in values and values["cell_filter"] not in CELL_FILTERS:
-        return f"parameter 'cell_filter' must be one of {list(CELL_FILTERS)}, got {values['cell_filter']!r}"
-    if "optimizer" in values and values["optimizer"] not in OPTIMIZERS:
-        return f"parameter 'optimizer' must be one of {list(OPTIMIZERS)}, got {values['optimizer']!r}"
-    return None
+validate_relax_parameters = settings_validator(RelaxSettings)
 
 
 class MlipRelaxCalculation(BattgenCalcJob):
@@ -74,7 +32,7 @@ class MlipRelaxCalculation(BattgenCalcJob):
         spec.input("structures", valid_type=StructureBatchData, validator=validate_nonempty_batch,
                    help="The batch of structures to relax (row ids are kept).")
         spec.input("parameters", valid_type=orm.Dict, required=False, validator=validate_relax_parameters,
-                   help="Relaxation settings: " + "; ".join(f"{k}: {d}" for k, (_, d) in PARAMETERS_SCHEMA.items()))
+                   help="`battgen relax` settings: " + RelaxSettings.help())
 
         spec.input("parent_folder", valid_type=orm.RemoteData, required=False,
                    help="Work directory of an interrupted relaxation of the same rows and settings: rows already "

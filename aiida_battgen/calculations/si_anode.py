@@ -14,56 +14,19 @@ from typing import Any
 from aiida import orm
 from aiida.common import datastructures
 
-from aiida_battgen.calculations.base import BattgenCalcJob, validate_nonempty_batch
+from aiida_battgen.calculations.base import BattgenCalcJob, settings_validator, validate_nonempty_batch
 from aiida_battgen.data.batch import StructureBatchData
-
-# Mirror battgen.anode.silicon (not imported: the AiiDA layer stays free of the MLIP stack); a test checks.
-INPUT_FILENAME = "structures.jsonl.gz"
-COMPOUNDS_FILENAME = "compounds.json"
-CHECKPOINT_FILENAME = "si_anode_checkpoint.jsonl"
-RELAXED_FILENAME = "relaxed.jsonl.gz"
-TABLE_FILENAME = "configurations.csv"
-TABLE_JSON_FILENAME = "configurations.json"
-SLOPES_FILENAME = "slopes.json"
-SLOPES_TABLE_FILENAME = "slopes.csv"
-FIGURE_FILENAME = "channel_radius_vs_soc.png"
-
-# Science settings a user may set (units in the names); input/source/restart/progress are set by the job.
-SI_ANODE_KEYS = {
-    "working_ion", "host_element", "min_capacity_mAh_per_g", "capacity_basis", "max_compounds", "max_sites",
-    "primitive_cell", "n_configurations", "max_removed_fraction", "include_fully_lithiated", "seed", "mlip",
-    "model_path", "device", "fmax", "max_steps", "cell_filter", "optimizer", "maxstep", "max_volume_factor", "channel_options",
-    "max_wall_time_s",
-}
-_POSITIVE_INTEGERS = ("n_configurations", "max_steps", "max_compounds", "max_sites")
-_POSITIVE_NUMBERS = ("fmax", "maxstep", "max_removed_fraction", "max_volume_factor")
+from battgen.contracts.si_anode import CHECKPOINT_FILENAME, INPUT_FILENAME, RETRIEVED_FILES, SiAnodeSettings
 
 
-def validate_si_anode_parameters(parameters: orm.Dict, _=None) -> str | None:
-    """Catch unknown keys and impossible values before submission (the CLI checks everything again)."""
-    values = parameters.get_dict()
-    unknown = sorted(set(values) - SI_ANODE_KEYS)
-    if unknown:
-        return f"unknown si-anode parameter(s) {unknown}; allowed: {sorted(SI_ANODE_KEYS)} (units in the names)"
-    for key in _POSITIVE_INTEGERS:
-        value = values.get(key)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            return f"`{key}` must be a positive integer, got {value!r}"
-    for key in _POSITIVE_NUMBERS:
-        value = values.get(key)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float) or value <= 0):
-            return f"`{key}` must be a positive number, got {value!r}"
-    if values.get("max_removed_fraction", 1.0) > 1:
-        return f"`max_removed_fraction` must be in (0, 1], got {values['max_removed_fraction']}"
-    return None
+validate_si_anode_parameters = settings_validator(SiAnodeSettings)
 
 
 class SiAnodeCalculation(BattgenCalcJob):
     """Delithiate, relax (MLIP) and analyse the Li channels of Li–Si–X compounds; resumable from its checkpoint."""
 
     COMMAND = "si-anode"
-    OUTPUT_FILES = (COMPOUNDS_FILENAME, RELAXED_FILENAME, TABLE_FILENAME, TABLE_JSON_FILENAME, SLOPES_FILENAME,
-                    SLOPES_TABLE_FILENAME, FIGURE_FILENAME)
+    OUTPUT_FILES = RETRIEVED_FILES
 
     @classmethod
     def define(cls, spec) -> None:
@@ -72,10 +35,7 @@ class SiAnodeCalculation(BattgenCalcJob):
         spec.input("structures", valid_type=StructureBatchData, validator=validate_nonempty_batch,
                    help="Fully lithiated Li–Si–X compounds (one row each; row ids name the compounds).")
         spec.input("parameters", valid_type=orm.Dict, required=False, validator=validate_si_anode_parameters,
-                   help="`battgen si-anode` settings, units in the names: min_capacity_mAh_per_g (mAh/g), "
-                        "capacity_basis (host | discharged), n_configurations, max_removed_fraction, seed, mlip, "
-                        "fmax (eV/Å), max_steps, maxstep (Å), max_volume_factor (relaxation blow-up guard, ratio), "
-                        "channel_options, max_wall_time_s (s) ...")
+                   help="`battgen si-anode` settings: " + SiAnodeSettings.help())
         spec.input("parent_folder", valid_type=orm.RemoteData, required=False,
                    help="Work directory of an interrupted run: its checkpoint is copied and finished "
                         "configurations are not relaxed again.")

@@ -15,24 +15,14 @@ from typing import Any, ClassVar
 
 from aiida import orm
 
-from aiida_battgen.calculations.base import BattgenCalcJob, validate_parameters_dict
+from aiida_battgen.calculations.base import BattgenCalcJob
 from aiida_battgen.data.batch import StructureBatchData
 from aiida_battgen.data.model import ModelData
+from battgen.contracts.base import MODEL_DIRNAME, CommandSettings
+from battgen.models import CHECKPOINT_DIRNAME  # yaml and hashlib only: no torch
 
-# Mirrors battgen.generate.training / battgen.predictors.training (not imported: no torch in this layer).
-TRAINING_FILENAME = "training.jsonl.gz"
-MODEL_DIRNAME = "model"
-RESUME_DIRNAME = "resume"
-CHECKPOINT_DIRNAME = "checkpoints"
-# How a training run reports that it stopped early but checkpointed (SIGTERM from the scheduler ...).
-INTERRUPTED_REASONS = ("sigterm", "interrupted")
-
-_COMMON_SCHEMA: dict[str, tuple[type | tuple[type, ...], str]] = {
-    "filter": (dict, "training filter: {preset: tmo|none, max_atoms, min_elements, max_elements, ...}"),
-    "split": (dict, "{fractions: [train, val, test], seed: int}"),
-    "hyperparameters": (dict, "merged over the model's defaults; unknown keys are rejected"),
-    "seed": (int, "random seed of the training run"),
-}
+from battgen.contracts.training import (INTERRUPTED_REASONS, RESUME_DIRNAME, TRAINING_FILENAME,  # noqa: F401
+                                       TrainGeneratorSettings, TrainPotentialSettings, TrainPredictorSettings)
 
 
 def validate_training_structures(structures: StructureBatchData, _=None) -> str | None:
@@ -44,20 +34,15 @@ def validate_training_structures(structures: StructureBatchData, _=None) -> str 
 class ModelTrainCalculation(BattgenCalcJob):
     """Shared ports, files and exit codes of the training CalcJobs; subclasses set COMMAND and the schema."""
 
-    PARAMETERS_SCHEMA: ClassVar[dict[str, tuple[type | tuple[type, ...], str]]] = {}
-    REQUIRED_PARAMETERS: ClassVar[tuple[str, ...]] = ()
+    SETTINGS: ClassVar[type[CommandSettings]] = CommandSettings
+    # What build_config writes itself (the job's own files), for the submit-time check of the settings model.
+    JOB_VALUES: ClassVar[dict[str, Any]] = {"train": TRAINING_FILENAME}
     PARSER_NAME: ClassVar[str] = ""
 
     @classmethod
     def validate_parameters(cls, parameters: orm.Dict, _=None) -> str | None:
-        values = parameters.get_dict()
-        error = validate_parameters_dict(values, cls.PARAMETERS_SCHEMA)
-        if error:
-            return error
-        missing = [key for key in cls.REQUIRED_PARAMETERS if key not in values]
-        if missing:
-            return f"parameters need {missing}"
-        return None
+        """The command's settings model (battgen.contracts.training) at submit time."""
+        return cls.SETTINGS.parameters_error(parameters.get_dict(), job_values=cls.JOB_VALUES)
 
     @classmethod
     def define(cls, spec) -> None:
@@ -66,7 +51,7 @@ class ModelTrainCalculation(BattgenCalcJob):
         spec.input("training_structures", valid_type=StructureBatchData, validator=validate_training_structures,
                    help="The structures to train on (filtered and split by the run; the split is saved in the model).")
         spec.input("parameters", valid_type=orm.Dict, validator=cls.validate_parameters,
-                   help="; ".join(f"{k}: {d}" for k, (_, d) in cls.PARAMETERS_SCHEMA.items()))
+                   help=f"`battgen {cls.COMMAND}` settings: " + cls.SETTINGS.help())
         spec.input("parent_folder", valid_type=orm.RemoteData, required=False,
                    help="Working directory of an interrupted training run: continue from its last checkpoint.")
         spec.output("model", valid_type=ModelData, help="The trained model (weights, manifest, split.json).")
@@ -107,11 +92,7 @@ class GeneratorTrainCalculation(ModelTrainCalculation):
 
     COMMAND = "train-generator"
     PARSER_NAME = "battgen.generator.train"
-    PARAMETERS_SCHEMA = {
-        "generator": (str, "trainable generator: cdvae or llm (battgen.generators entry point)"),
-        **_COMMON_SCHEMA,
-    }
-    REQUIRED_PARAMETERS = ("generator",)
+    SETTINGS = TrainGeneratorSettings
 
 
 class PredictorTrainCalculation(ModelTrainCalculation):
@@ -119,13 +100,7 @@ class PredictorTrainCalculation(ModelTrainCalculation):
 
     COMMAND = "train-predictor"
     PARSER_NAME = "battgen.predictor.train"
-    PARAMETERS_SCHEMA = {
-        "predictor": (str, "predictor: alignn, m3gnet, megnet, magpie-cnn, xrd-cnn, voltage-cgcnn"),
-        "targets": (list, "metadata keys to learn, with units in their names (formation_energy_per_atom_eV ...)"),
-        **_COMMON_SCHEMA,
-        "split": (dict, "{fractions: [train, val, test] (default 0.8/0.1/0.1), seed: int, stratify_by: key}"),
-    }
-    REQUIRED_PARAMETERS = ("predictor", "targets")
+    SETTINGS = TrainPredictorSettings
 
 
 class PotentialTrainCalculation(ModelTrainCalculation):
@@ -135,15 +110,8 @@ class PotentialTrainCalculation(ModelTrainCalculation):
     COMMAND = "train-potential"
     PARSER_NAME = "battgen.mlip.train"
     FRAMES_DIRNAME = "frames"
-    PARAMETERS_SCHEMA = {
-        "frame_selection": (str, "seed002 (first three + last frame of each trajectory), all or every_n"),
-        "every_n": (int, "with frame_selection every_n: keep every n-th frame (and the last)"),
-        "max_force_eV_A": ((int, float), "drop frames with a larger force component (eV/Å): blown-up steps"),
-        "split": (dict, "{val_fraction, seed}"),
-        "hyperparameters": (dict, "NequIP settings (num_layers, num_features, r_max_A, learning_rate, ...)"),
-        "compile": (bool, "compile the best model with nequip-compile (AOTInductor); default true"),
-        "seed": (int, "random seed of the training run"),
-    }
+    SETTINGS = TrainPotentialSettings
+    JOB_VALUES = {"frames": [FRAMES_DIRNAME]}
 
     @classmethod
     def define(cls, spec) -> None:

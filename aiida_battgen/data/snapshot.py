@@ -4,7 +4,7 @@ Where the structures of a discovery run came from is part of its provenance: a M
 snapshot written by ``battgen query-mp`` (query, database version and date in its header) or a user file
 (CDVAE-style CSV, extended XYZ, entries JSON, CIF). The node validates the file on construction without
 parsing every structure, and stores queryable attributes: ``source_kind`` (``materials_project`` or
-``file``), ``original_filename``, ``format``, ``database_version``, ``query`` (never an API key),
+``file``), ``original_filename``, ``original_path`` (absolute), ``format``, ``database_version``, ``query`` (never an API key),
 ``n_records``, ``created_at`` (UTC) and ``sha256`` of the bytes. Turn it into structures with the
 ``battgen.batch_from_snapshot`` calcfunction.
 """
@@ -37,7 +37,7 @@ class SourceSnapshotData(orm.SinglefileData):
     """A validated source file of structures with provenance attributes (see module docstring)."""
 
     def __init__(self, file: str | Path, filename: str | None = None, **kwargs: Any) -> None:
-        path = Path(file)
+        path = Path(file).expanduser().resolve()  # relative to the caller's working directory, recorded absolute
         if not path.is_file():
             raise ValueError(f"source snapshot file {path} does not exist")
         filename = filename or path.name
@@ -50,6 +50,7 @@ class SourceSnapshotData(orm.SinglefileData):
         attributes.set("source_kind", description["source_kind"])
         attributes.set("format", description["format"])
         attributes.set("original_filename", filename)
+        attributes.set("original_path", str(path))
         attributes.set("database_version", description.get("database_version"))
         attributes.set("query", _without_secrets(description.get("query") or {}))
         attributes.set("n_records", int(description["n_records"]))

@@ -38,6 +38,7 @@ class BattgenParser(Parser):
 
     def parse(self, **kwargs: Any) -> ExitCode | None:
         self.parse_kwargs = kwargs  # e.g. retrieved_temporary_folder
+        self.report_final_progress()
         try:
             summary = self.read_summary()
             return self.parse_outputs(summary)
@@ -46,6 +47,17 @@ class BattgenParser(Parser):
 
     def parse_outputs(self, summary: dict[str, Any]) -> ExitCode | None:
         raise NotImplementedError
+
+    def report_final_progress(self) -> None:
+        """The progress monitor cannot look once the job has left the scheduler: report its last state here."""
+        if self.node.base.links.get_incoming(link_label_filter="monitors__progress").first() is None:
+            return
+        from aiida_battgen.calculations.monitors import report_progress
+        from aiida_battgen.tools.progress import read_retrieved_progress
+
+        state = read_retrieved_progress(self.node)
+        if state is not None:
+            report_progress(self.node, state)
 
     # --- helpers --------------------------------------------------------------------------------
     def _stderr_tail(self, n_lines: int = 5) -> str:

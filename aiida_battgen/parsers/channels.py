@@ -10,9 +10,9 @@ import numpy as np
 from aiida import orm
 from aiida.engine import ExitCode
 
-from aiida_battgen.calculations.channels import OUTPUT_BATCH, OUTPUT_FIGURE, OUTPUT_TABLE_CSV, OUTPUT_TABLE_JSON
 from aiida_battgen.data.batch import StructureBatchData
 from aiida_battgen.parsers.base import BattgenParser, ParsingError
+from battgen.contracts.channels import OUTPUT_BATCH, OUTPUT_FIGURE, OUTPUT_TABLE_CSV, OUTPUT_TABLE_JSON
 
 FLOAT_COLUMNS = ("channel_radius_A", "largest_included_sphere_A", "largest_free_sphere_A",
                  "largest_included_sphere_along_free_path_A", "void_fraction", "packing_fraction")

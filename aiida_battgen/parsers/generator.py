@@ -7,8 +7,8 @@ from typing import Any
 from aiida import orm
 from aiida.engine import ExitCode
 
-from aiida_battgen.calculations.generator import GENERATED_FILENAME
 from aiida_battgen.data.batch import StructureBatchData
+from battgen.contracts.generate import GENERATED_FILENAME
 from aiida_battgen.parsers.base import BattgenParser
 
 

@@ -7,9 +7,9 @@ from typing import Any
 from aiida import orm
 from aiida.engine import ExitCode
 
-from aiida_battgen.calculations.insertion import OUTPUT_BATCH, OUTPUT_FIGURE, OUTPUT_TABLE_CSV, OUTPUT_TABLE_JSON
 from aiida_battgen.data.batch import StructureBatchData
 from aiida_battgen.parsers.base import BattgenParser, ParsingError
+from battgen.contracts.insertion import OUTPUT_BATCH, OUTPUT_FIGURE, OUTPUT_TABLE_CSV, OUTPUT_TABLE_JSON
 
 
 class InsertionParser(BattgenParser):

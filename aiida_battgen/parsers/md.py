@@ -11,12 +11,12 @@ import yaml
 from aiida import orm
 from aiida.engine import ExitCode
 
-from aiida_battgen.calculations.md import (
-    ANALYSIS_DIRNAME, DIFFUSION_RESULTS_FILENAME, DOWNSAMPLED_FILENAME, MD_SUMMARY_FILENAME, MSD_FIGURE_FILENAME,
-    MSD_FILENAME,
-)
+from aiida_battgen.calculations.md import ANALYSIS_DIRNAME
 from aiida_battgen.parsers.base import BattgenParser, ParsingError
 from battgen.cli import SUMMARY_FILENAME
+from battgen.contracts.md import DOWNSAMPLED_FILENAME, MSD_FIGURE_FILENAME, MSD_FILENAME, MdStatus
+from battgen.contracts.md import RESULTS_FILENAME as DIFFUSION_RESULTS_FILENAME
+from battgen.contracts.md import SUMMARY_FILENAME as MD_SUMMARY_FILENAME
 
 
 class MdParser(BattgenParser):
@@ -71,7 +71,7 @@ class MdParser(BattgenParser):
             trajectory = self._trajectory()
             if trajectory is not None:
                 self.out("trajectory", trajectory)
-        if status == "completed":
+        if status == MdStatus.COMPLETED:
             if MSD_FILENAME in names:
                 self.out("msd", self._msd())
             analysis = self._analysis(names)
@@ -85,9 +85,9 @@ class MdParser(BattgenParser):
                     with self.retrieved.base.repository.open(figure, mode="rb") as handle:
                         self.out("msd_figure", orm.SinglefileData(io.BytesIO(handle.read()), filename=MSD_FIGURE_FILENAME))
         self.out("output_parameters", orm.Dict(json.loads(json.dumps(parameters, default=float))))
-        if status == "unstable":
+        if status == MdStatus.UNSTABLE:
             return self.exit_codes.ERROR_MD_UNSTABLE.format(step=md_summary.get("unstable_at_step"),
                                                             reason=md_summary.get("unstable_reason"))
-        if status == "incomplete":
+        if status == MdStatus.INCOMPLETE:
             return self.exit_codes.WARNING_MD_INCOMPLETE.format(steps=md_summary.get("steps_done"))
         return None

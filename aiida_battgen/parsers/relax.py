@@ -9,12 +9,10 @@ import numpy as np
 from aiida import orm
 from aiida.engine import ExitCode
 
-from aiida_battgen.calculations.relax import OUTPUT_FILENAME, RECORDS_FILENAME
 from aiida_battgen.data.batch import StructureBatchData
 from aiida_battgen.parsers.base import BattgenParser, ParsingError
 from battgen.batch import StructureBatch
-
-RELAX_STATUSES = ("converged", "not_converged", "exploded", "unsupported_element")
+from battgen.contracts.relax import OUTPUT_FILENAME, RECORDS_FILENAME, RELAX_STATUSES
 # Per-row array name -> (metadata column, dtype); missing values become NaN (floats) or -1 (n_steps).
 ARRAY_COLUMNS = {
     "energy_eV": float, "energy_per_atom_eV": float, "max_force_eV_per_A": float, "converged": bool, "n_steps": int,

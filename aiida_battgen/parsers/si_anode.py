@@ -10,10 +10,10 @@ import numpy as np
 from aiida import orm
 from aiida.engine import ExitCode
 
-from aiida_battgen.calculations.si_anode import (COMPOUNDS_FILENAME, FIGURE_FILENAME, RELAXED_FILENAME,
-                                                 TABLE_JSON_FILENAME)
 from aiida_battgen.data.batch import StructureBatchData
 from aiida_battgen.parsers.base import BattgenParser, ParsingError
+from battgen.contracts.si_anode import (COMPOUNDS_FILENAME, FIGURE_FILENAME, RELAXED_FILENAME, TABLE_JSON_FILENAME,
+                                        SiAnodeStatus)
 
 # Table column -> array dtype; missing values become NaN (floats) or -1 (integers).
 TABLE_ARRAYS = {
@@ -58,7 +58,7 @@ class SiAnodeParser(BattgenParser):
         parameters["wall_time_s"] = summary.get("wall_time_s")
         parameters["versions"] = summary.get("versions", {})
         parameters = json.loads(json.dumps(parameters, default=float))
-        if outputs.get("status") == "incomplete":
+        if outputs.get("status") == SiAnodeStatus.INCOMPLETE:
             self.out("output_parameters", orm.Dict(parameters))
             return self.exit_codes.WARNING_INCOMPLETE.format(done=outputs.get("n_finished"),
                                                              total=outputs.get("n_configurations"))

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-DEFAULT_PROFILE = "battgen"
+DEMO_PROFILE = "battgen"  # what `setup` and `demo` create; every other command reads `-p` or AiiDA's default
+DEFAULT_PROFILE = DEMO_PROFILE
 LOCALHOST_LABEL = "localhost"
 BATTGEN_CODE_LABEL = "battgen"
 
@@ -112,11 +113,12 @@ def ensure_profile(
     postgres_settings: PostgresSettings | None = None,
     rabbitmq_settings: RabbitmqSettings | None = None,
     email: str = "battgen@localhost",
-    set_default: bool = True,
+    set_default: bool | None = None,
 ) -> tuple[Any, bool]:
     """Load profile ``name``, creating it first if needed. Returns (profile, created).
 
     ``postgres=None`` accepts an existing profile of either storage and creates an embedded one if missing.
+    ``set_default``: make it AiiDA's default profile (True), never (False), or only when created (None).
     """
     from aiida import load_profile
     from aiida.manage.configuration import create_profile, get_config
@@ -131,6 +133,8 @@ def ensure_profile(
                 f"profile {name!r} exists with storage {profile.storage_backend!r}, not {wanted!r}; "
                 "choose another --profile name"
             )
+        if set_default and config.default_profile_name != name:
+            _set_default(config, name)
         load_profile(name, allow_switch=True)
         return profile, False
 
@@ -161,11 +165,16 @@ def ensure_profile(
         broker_backend=broker_backend, broker_config=broker_config,
     )
     config.set_option("runner.poll.interval", 1, scope=profile.name)
-    if set_default:
-        config.set_default_profile(profile.name, overwrite=True)
     config.store()
+    if set_default is not False and config.default_profile_name != profile.name:
+        _set_default(config, profile.name)
     load_profile(profile.name, allow_switch=True)
     return profile, True
+
+
+def _set_default(config, name: str) -> None:
+    config.set_default_profile(name, overwrite=True)
+    config.store()
 
 
 def ensure_localhost(label: str = LOCALHOST_LABEL):
@@ -217,8 +226,15 @@ def ensure_battgen_code(computer, label: str = BATTGEN_CODE_LABEL):
 
 
 def setup_all(name: str = DEFAULT_PROFILE, postgres: bool | None = False, **kwargs: Any) -> dict[str, Any]:
-    """Profile + localhost + battgen code; returns what was created or reused."""
+    """Profile + localhost + battgen code; returns what was created or reused, and
+    ``default_changed_from`` (the previous default profile, or None) when AiiDA's default changed."""
+    from aiida.manage.configuration import get_config
+
+    previous_default = get_config(create=True).default_profile_name
     profile, created = ensure_profile(name, postgres=postgres, **kwargs)
     computer = ensure_localhost()
     code = ensure_battgen_code(computer)
-    return {"profile": profile, "profile_created": created, "computer": computer, "code": code}
+    result = {"profile": profile, "profile_created": created, "computer": computer, "code": code}
+    if get_config().default_profile_name != previous_default:
+        result["default_changed_from"] = previous_default
+    return result

@@ -105,6 +105,18 @@ class MgCathodeScreeningWorkChain(ProtocolMixin, WorkChain):
         spec.exit_code(542, "ERROR_MD_FAILED", message="The conductivity of {row} failed: {message}")
 
     @classmethod
+    def compose_protocol_inputs(cls, protocol, inputs):
+        """``parameters.md`` and ``parameters.analysis`` from md_base.yaml's protocol of the same name (under what
+        cathode_screen.yaml states itself)."""
+        from aiida_battgen.workchains.md import MdBaseWorkChain
+        from aiida_battgen.workchains.protocols.utils import recursive_merge
+
+        md = MdBaseWorkChain.get_protocol_inputs(cls.child_protocol(MdBaseWorkChain, protocol))["md"]
+        inputs["parameters"] = recursive_merge(
+            {"md": md["parameters"], "analysis": md["analysis"]}, inputs["parameters"], strict=False)
+        return inputs
+
+    @classmethod
     def get_builder_from_protocol(cls, code, candidates, voltage_model, protocol=None, overrides=None):
         inputs = cls.get_protocol_inputs(protocol, overrides)
         builder = cls.get_builder()

@@ -29,12 +29,19 @@ from aiida_battgen.calculations.functions.dft_energy_above_hull import dft_energ
 from aiida_battgen.calculations.functions.dft_formation_energy import dft_formation_energy
 from aiida_battgen.calculations.functions.elemental_reference_structure import elemental_reference_structure
 
-DftRelaxWorkChain = WorkflowFactory("battgen.dft.relax")
+
+
+def load_dft_relax_chain():
+    """battgen.dft.relax, loaded where a relaxation is built: it imports aiida-vasp and aiida-quantumespresso
+    (the ``dft`` extra), which the ports of this chain do not need, so composite chains can expose them."""
+    return WorkflowFactory("battgen.dft.relax")
 
 
 def validate_inputs(inputs, _):
-    if inputs["engine"].value not in ("vasp", "quantumespresso"):
+    if "engine" in inputs and inputs["engine"].value not in ("vasp", "quantumespresso"):
         return f"engine must be vasp or quantumespresso, got {inputs['engine'].value!r}"
+    if "structure" not in inputs:  # exposed without it (the discovery's `dft` namespace): checked per candidate
+        return None
     elements = {site.kind_name for site in inputs["structure"].sites}
     for element, structure in inputs.get("reference_structures", {}).items():
         symbols = set(structure.get_symbols_set())
@@ -91,6 +98,41 @@ class DftFormationEnergyWorkChain(WorkChain):
         spec.exit_code(403, "ERROR_FORMATION_FAILED",
                        message="The formation-energy / hull calcfunction failed with exit status {status}.")
 
+    # Its protocol is battgen.dft.relax's (protocols/dft.yaml), applied to every relaxation: delegated, not copied.
+    @classmethod
+    def get_available_protocols(cls):
+        return load_dft_relax_chain().get_available_protocols()
+
+    @classmethod
+    def get_default_protocol(cls):
+        return load_dft_relax_chain().get_default_protocol()
+
+    @classmethod
+    def get_protocol_inputs(cls, protocol=None, overrides=None):
+        return load_dft_relax_chain().get_protocol_inputs(protocol, overrides)
+
+    @classmethod
+    def get_builder_from_protocol(cls, code, structure=None, engine="quantumespresso", protocol=None, overrides=None,
+                                  family=None, options=None):
+        """A builder whose relaxations all use battgen.dft.relax's ``protocol`` (protocols/dft.yaml, its default
+        when None) with ``overrides`` (dft.yaml keys, unknown ones rejected here), the POTCAR / pseudopotential
+        ``family`` label and the calculations' ``options`` (resources, wall time in s)."""
+        cls.get_protocol_inputs(protocol, overrides)  # an unknown protocol or override key fails here, not at launch
+        builder = cls.get_builder()
+        builder.code = code
+        if structure is not None:
+            builder.structure = structure
+        builder.engine = orm.Str(engine)
+        if protocol:
+            builder.protocol = orm.Str(protocol)
+        if overrides:
+            builder.overrides = orm.Dict(overrides)
+        if family:
+            builder.family = orm.Str(family)
+        if options:
+            builder.options = orm.Dict(options)
+        return builder
+
     def setup(self):
         candidate = self.inputs.structure
         elements = sorted({site.kind_name for site in candidate.sites})
@@ -121,7 +163,7 @@ class DftFormationEnergyWorkChain(WorkChain):
                 if "family" in self.inputs:
                     family_label = self.inputs.family.value
                 else:
-                    protocol = DftRelaxWorkChain.get_protocol_inputs(self.inputs.protocol.value, overrides)
+                    protocol = load_dft_relax_chain().get_protocol_inputs(self.inputs.protocol.value, overrides)
                     family_label = protocol["quantumespresso"]["pseudo_family"]
                 wfc, rho = load_group(family_label).get_recommended_cutoffs(structure=self.inputs.structure, unit="Ry")
                 qe["ecutwfc_Ry"], qe["ecutrho_Ry"] = wfc, rho
@@ -137,7 +179,7 @@ class DftFormationEnergyWorkChain(WorkChain):
                      else {"quantumespresso": {"relax_type": "positions"}})
             overrides = recursive_merge(overrides, extra, strict=False)
         family = self.inputs.family.value if "family" in self.inputs else None
-        return DftRelaxWorkChain.get_builder_from_protocol(
+        return load_dft_relax_chain().get_builder_from_protocol(
             self.inputs.code, structure, engine=engine, protocol=self.inputs.protocol.value, overrides=overrides,
             potential_family=family if engine == "vasp" else None,
             pseudo_family=family if engine == "quantumespresso" else None,

@@ -3,10 +3,15 @@
 ``battgen.mlip.md_base`` (MdBaseWorkChain), the restart wrapper of MdCalculation:
 
 * 410 wall-time budget reached, 120 scheduler walltime, 140 node failure, 300/302 outputs lost -> continue
-  from the last complete chunk (``parent_folder`` = the previous remote folder);
+  from the last complete chunk (``parent_folder`` = the previous remote folder), bounded by ``max_iterations``;
+* 301 an output unreadable -> continue from the last complete chunk once, then fail (501);
 * 411 unstable (temperature runaway, NaN energies/forces) -> continue from the last complete chunk with half
-  the timestep, down to ``MIN_TIMESTEP_FS``;
-* 303/304/412 -> deterministic failures, abort (502).
+  the timestep, down to ``defaults.min_timestep_fs``; below it fail with 510 ERROR_TIMESTEP_TOO_SMALL;
+* 412 the diffusion analysis failed -> 511 ERROR_ANALYSIS_FAILED (the same trajectory would fail again);
+* 303/304 -> the CLI rejected the input or crashed: deterministic, fail at once (502).
+
+The 1xx/3xx handlers are :class:`~aiida_battgen.workchains.restart.BattgenRestartWorkChain`'s. Protocol:
+``protocols/md_base.yaml``.
 
 ``battgen.conductivity`` (ConductivityWorkChain): one MdBaseWorkChain per temperature, in parallel, then the
 ``arrhenius_fit`` calcfunction (Ea, σ(300 K)) when there are two or more temperatures.
@@ -20,52 +25,87 @@ from aiida.engine import ProcessHandlerReport, ToContext, WorkChain, if_, proces
 
 from aiida_battgen.calculations.functions.arrhenius_fit import arrhenius_fit
 from aiida_battgen.calculations.md import MdCalculation
+from aiida_battgen.workchains.protocols.utils import ProtocolMixin
 from aiida_battgen.workchains.restart import BattgenRestartWorkChain
 
-DEFAULT_TIMESTEP_FS = 2.0  # battgen md's default (1 fs with H)
+from battgen.contracts.md import DEFAULT_TIMESTEP_FS  # battgen md's default (1 fs with H)
+
 MIN_TIMESTEP_FS = 0.25
 
 
-class MdBaseWorkChain(BattgenRestartWorkChain):
+class MdBaseWorkChain(ProtocolMixin, BattgenRestartWorkChain):
     """Run MD to completion across walltime kills; smaller timesteps after instabilities."""
 
     _process_class = MdCalculation
     _namespace = "md"
+    _protocol_file = "md_base.yaml"
+
+    defaults = AttributeDict({
+        **BattgenRestartWorkChain.defaults,
+        "walltime_factor": 1.0,  # every call continues from the last chunk: no need for a longer walltime
+        "outputs_lost_retries": None,  # each continuation makes progress; max_iterations bounds them
+        "min_timestep_fs": MIN_TIMESTEP_FS,
+        "timestep_factor": 0.5,  # timestep multiplier after an instability
+    })
+
+    @classmethod
+    def define(cls, spec) -> None:
+        super().define(spec)
+        spec.exit_code(510, "ERROR_TIMESTEP_TOO_SMALL",
+                       message="The MD is unstable (exit {status}) at timestep {timestep_fs} fs; a smaller one would "
+                               "be below the minimum {min_timestep_fs} fs.")
+        spec.exit_code(511, "ERROR_ANALYSIS_FAILED",
+                       message="The diffusion analysis failed (exit {status}); the same trajectory would fail again.")
+
+    @classmethod
+    def get_builder_from_protocol(cls, code, structure=None, protocol=None, overrides=None, options=None):
+        """Builder with the protocol's ``md.parameters`` and ``md.analysis`` (``overrides`` mirror the ports,
+        unknown keys rejected); ``options`` go to ``md.metadata.options``. The caller adds temperature_K and
+        working_ion."""
+        inputs = cls.get_protocol_inputs(protocol, overrides)
+        builder = cls.get_builder()
+        builder.md.code = code
+        if structure is not None:
+            builder.md.structure = structure
+        builder.md.parameters = orm.Dict(inputs["md"]["parameters"])
+        builder.md.analysis = orm.Dict(inputs["md"]["analysis"])
+        builder.max_iterations = orm.Int(inputs["max_iterations"])
+        if options:
+            for key, value in options.items():  # keep the CalcJob's defaults (resources ...)
+                builder.md.metadata.options[key] = value
+        return builder
 
     def _continue_from(self, node, **parameter_updates) -> None:
-        if "remote_folder" in node.outputs:
-            self.ctx.inputs.parent_folder = node.outputs.remote_folder
+        self.resume_from_checkpoint(node)
         if parameter_updates:
             self.ctx.inputs.parameters = orm.Dict({**self.ctx.inputs.parameters.get_dict(), **parameter_updates})
 
-    @process_handler(priority=600, exit_codes=[
-        MdCalculation.exit_codes.WARNING_MD_INCOMPLETE,
-        MdCalculation.exit_codes.ERROR_SCHEDULER_OUT_OF_WALLTIME,
-        MdCalculation.exit_codes.ERROR_SCHEDULER_NODE_FAILURE,
-        MdCalculation.exit_codes.ERROR_SUMMARY_MISSING,
-        MdCalculation.exit_codes.ERROR_MISSING_OUTPUT_FILES,
-    ])
-    def handle_interrupted(self, node):
+    @process_handler(priority=620, exit_codes=[MdCalculation.exit_codes.WARNING_MD_INCOMPLETE])
+    def handle_incomplete(self, node):
+        """The wall-time budget stopped the run cleanly: continue from the last complete chunk."""
         self._continue_from(node)
         self.report_error_handled(node, "continuing from the last complete trajectory chunk")
         return ProcessHandlerReport(True)
 
-    @process_handler(priority=590, exit_codes=[MdCalculation.exit_codes.ERROR_MD_UNSTABLE])
+    @process_handler(priority=580, exit_codes=[MdCalculation.exit_codes.ERROR_MD_UNSTABLE])
     def handle_unstable(self, node):
+        """Temperature runaway or NaN: continue from the last complete chunk with a smaller timestep."""
         timestep = self.ctx.inputs.parameters.get_dict().get("timestep_fs") or node.outputs.output_parameters[
             "md"].get("timestep_fs") or DEFAULT_TIMESTEP_FS
-        if timestep / 2 < MIN_TIMESTEP_FS:
+        smaller = timestep * self.defaults.timestep_factor
+        if smaller < self.defaults.min_timestep_fs:
             self.report_error_handled(node, f"timestep already {timestep} fs: aborting")
-            return ProcessHandlerReport(True, self.exit_codes.ERROR_CLI_REJECTED.format(status=node.exit_status))
-        self._continue_from(node, timestep_fs=timestep / 2)
-        self.report_error_handled(node, f"continuing from the last complete chunk with timestep {timestep / 2} fs")
+            return ProcessHandlerReport(True, self.exit_codes.ERROR_TIMESTEP_TOO_SMALL.format(
+                status=node.exit_status, timestep_fs=timestep, min_timestep_fs=self.defaults.min_timestep_fs))
+        self._continue_from(node, timestep_fs=smaller)
+        self.report_error_handled(node, f"continuing from the last complete chunk with timestep {smaller} fs")
         return ProcessHandlerReport(True)
 
-    @process_handler(priority=580, exit_codes=[MdCalculation.exit_codes.ERROR_CLI_INVALID_INPUT,
-                                               MdCalculation.exit_codes.ERROR_CLI_FAILED,
-                                               MdCalculation.exit_codes.ERROR_ANALYSIS_FAILED])
-    def handle_cli_rejected(self, node):
-        return self.abort_deterministic(node)
+    @process_handler(priority=570, exit_codes=[MdCalculation.exit_codes.ERROR_ANALYSIS_FAILED])
+    def handle_analysis_failed(self, node):
+        """The diffusion analysis of a finished trajectory failed: deterministic."""
+        self.report_error_handled(node, "aborting: the analysis of the same trajectory would fail again")
+        return ProcessHandlerReport(True, self.exit_codes.ERROR_ANALYSIS_FAILED.format(status=node.exit_status))
 
 
 def validate_temperatures(value: orm.List, _=None) -> str | None:

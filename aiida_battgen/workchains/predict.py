@@ -1,7 +1,8 @@
 """``battgen.predict_base`` (PredictBaseWorkChain), the restart wrapper of PredictCalculation:
 
-* 311 out of memory -> halve ``options.batch_size`` and resubmit;
-* 300/301/302 outputs lost -> resubmit once; 303/304 -> fail at once (502).
+* 311 out of memory -> halve ``options.batch_size`` and resubmit; at 1 fail (503);
+* 120 walltime -> resubmit with twice the walltime; 140, 300/301/302 outputs lost -> resubmit once (501);
+  303/304 -> fail at once (502): :class:`~aiida_battgen.workchains.restart.BattgenRestartWorkChain`.
 """
 
 from __future__ import annotations
@@ -20,19 +21,6 @@ class PredictBaseWorkChain(BattgenRestartWorkChain):
     _process_class = PredictCalculation
     _namespace = "predict"
 
-    @process_handler(priority=600, exit_codes=[PredictCalculation.exit_codes.ERROR_OUT_OF_MEMORY])
+    @process_handler(priority=650, exit_codes=[PredictCalculation.exit_codes.ERROR_OUT_OF_MEMORY])
     def handle_out_of_memory(self, node):
         return self.halve_batch_size(node, "options", DEFAULT_PREDICTION_BATCH_SIZE)
-
-    @process_handler(priority=580, exit_codes=[
-        PredictCalculation.exit_codes.ERROR_MISSING_OUTPUT_FILES,
-        PredictCalculation.exit_codes.ERROR_OUTPUT_UNREADABLE,
-        PredictCalculation.exit_codes.ERROR_SUMMARY_MISSING,
-    ])
-    def handle_outputs_lost(self, node):
-        return self._retry_once("outputs_lost", node, "resubmitting the same inputs once")
-
-    @process_handler(priority=570, exit_codes=[PredictCalculation.exit_codes.ERROR_CLI_INVALID_INPUT,
-                                               PredictCalculation.exit_codes.ERROR_CLI_FAILED])
-    def handle_cli_rejected(self, node):
-        return self.abort_deterministic(node)

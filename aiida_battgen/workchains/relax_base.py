@@ -9,12 +9,14 @@ produced each row:
                         halved (not-converged rows of the same run go along); if they explode again they
                         are dropped from the output with a warning;
 * 402 unsupported    -> nothing to retry: the rows stay flagged in the output;
-* 300/301/302        -> outputs lost (node failure, full disk): resubmit once, then fail;
-* 140 node failure   -> (the scheduler saw the node die) resubmit once, then fail;
+* 300/301/302, 140   -> outputs lost (node failure, full disk): resubmit once, then fail (501);
 * 120 walltime       -> continue from the killed job's checkpoint (``parent_folder``: every finished row is
                         taken over, the rest relax) with ``max_wallclock_seconds`` doubled (up to
                         ``max_iterations``);
-* 303/304            -> the CLI rejected the input or crashed: deterministic, fail at once.
+* 303/304            -> the CLI rejected the input or crashed: deterministic, fail at once (502).
+
+The 1xx/3xx handlers are :class:`~aiida_battgen.workchains.restart.BattgenRestartWorkChain`'s; this chain adds
+the 4xx ones. Protocol: ``protocols/relax_base.yaml`` (the one place the MLIP and its force criterion are set).
 
 The work chain ends with 0 when every row converged, with 710 (outputs attached) when some rows are
 flagged unsupported or were dropped.
@@ -25,62 +27,58 @@ from __future__ import annotations
 from typing import Any
 
 from aiida import orm
-from aiida.common import AttributeDict
-from aiida.engine import BaseRestartWorkChain, ExitCode, ProcessHandlerReport, process_handler, while_
+from aiida.engine import ExitCode, ProcessHandlerReport, process_handler
 
 from aiida_battgen.calculations.functions.merge_relax_results import merge_relax_results
 from aiida_battgen.calculations.functions.select_relax_rows import select_relax_rows
 from aiida_battgen.calculations.relax import MlipRelaxCalculation
+from aiida_battgen.workchains.protocols.utils import ProtocolMixin
+from aiida_battgen.workchains.restart import BattgenRestartWorkChain
 
 DEFAULT_MAX_STEPS = 500
 DEFAULT_MAXSTEP_A = 0.2
 MAXSTEP_REDUCTION = 0.5  # maxstep factor when retrying exploded rows
 
 
-class MlipRelaxBaseWorkChain(BaseRestartWorkChain):
+class MlipRelaxBaseWorkChain(ProtocolMixin, BattgenRestartWorkChain):
     """Relax a batch with MlipRelaxCalculation, restarting only the rows that did not converge or exploded."""
 
     _process_class = MlipRelaxCalculation
+    _namespace = "relax"
+    _namespace_help = "Inputs of the MlipRelaxCalculation (structures, parameters, code)."
+    _protocol_file = "relax_base.yaml"
 
     @classmethod
     def define(cls, spec) -> None:
         super().define(spec)
-        spec.expose_inputs(MlipRelaxCalculation, namespace="relax",
-                           namespace_options={"help": "Inputs of the MlipRelaxCalculation (structures, parameters, code)."})
-        spec.expose_outputs(MlipRelaxCalculation)
-        spec.outline(
-            cls.setup,
-            while_(cls.should_run_process)(
-                cls.run_process,
-                cls.inspect_process,
-            ),
-            cls.results,
-        )
-        spec.exit_code(501, "ERROR_OUTPUTS_LOST_TWICE",
-                       message="The calculation lost its outputs twice in a row (exit {status}); giving up.")
-        spec.exit_code(502, "ERROR_CLI_REJECTED",
-                       message="The battgen CLI rejected the input or crashed (exit {status}); a restart cannot help.")
         spec.exit_code(710, "WARNING_ROWS_NOT_RELAXED",
                        message="Outputs attached, but {n_unsupported} row(s) have unsupported elements and "
                                "{n_dropped} exploded row(s) were dropped.")
 
+    @classmethod
+    def get_builder_from_protocol(cls, code, structures=None, protocol=None, overrides=None, options=None):
+        """Builder with the protocol's ``relax.parameters`` (the MLIP, fmax in eV/Å, steps) and ``max_iterations``;
+        ``overrides`` mirror the port tree (``{"relax": {"parameters": {"fmax": 0.1}}}``), unknown keys rejected;
+        ``options`` go to ``relax.metadata.options``."""
+        inputs = cls.get_protocol_inputs(protocol, overrides)
+        builder = cls.get_builder()
+        builder.relax.code = code
+        if structures is not None:
+            builder.relax.structures = structures
+        builder.relax.parameters = orm.Dict(inputs["relax"]["parameters"])
+        builder.max_iterations = orm.Int(inputs["max_iterations"])
+        if options:
+            for key, value in options.items():  # keep the CalcJob's defaults (resources ...)
+                builder.relax.metadata.options[key] = value
+        return builder
+
     def setup(self) -> None:
         super().setup()
-        self.ctx.inputs = AttributeDict(self.exposed_inputs(MlipRelaxCalculation, "relax"))
         self.ctx.pieces = []  # relaxed_structures nodes of earlier iterations, merged at the end
         self.ctx.dropped = []  # row ids removed after exploding twice
         self.ctx.exploded_retried = False
-        self.ctx.outputs_lost_retried = False
-
-    def report_error_handled(self, node, action: str) -> None:
-        """Log the failure of ``node`` and what is done about it."""
-        self.report(f"{node.process_label}<{node.pk}> failed with exit status {node.exit_status}: {node.exit_message}")
-        self.report(f"Action taken: {action}")
 
     # --- helpers ------------------------------------------------------------------------------
-    def _parameters(self) -> dict[str, Any]:
-        return self.ctx.inputs.parameters.get_dict() if "parameters" in self.ctx.inputs else {}
-
     def _restart_rows(self, node, statuses: list[str], **updates: Any) -> None:
         """Keep the node's rows for the final merge and resubmit those with one of ``statuses``."""
         relaxed = node.outputs.relaxed_structures
@@ -100,49 +98,7 @@ class MlipRelaxBaseWorkChain(BaseRestartWorkChain):
         return node.outputs.output_parameters["counts"]
 
     # --- handlers -----------------------------------------------------------------------------
-    @process_handler(priority=600, exit_codes=[
-        MlipRelaxCalculation.exit_codes.ERROR_MISSING_OUTPUT_FILES,
-        MlipRelaxCalculation.exit_codes.ERROR_OUTPUT_UNREADABLE,
-        MlipRelaxCalculation.exit_codes.ERROR_SUMMARY_MISSING,
-    ])
-    def handle_outputs_lost(self, node):
-        """Outputs missing or truncated (node failure, quota): resubmit the same inputs once, then fail."""
-        if self.ctx.outputs_lost_retried:
-            self.report_error_handled(node, "second time in a row: aborting")
-            return ProcessHandlerReport(True, self.exit_codes.ERROR_OUTPUTS_LOST_TWICE.format(status=node.exit_status))
-        self.ctx.outputs_lost_retried = True
-        self.report_error_handled(node, "resubmitting the same inputs once")
-        return ProcessHandlerReport(True)
-
-    @process_handler(priority=610, exit_codes=[MlipRelaxCalculation.exit_codes.ERROR_SCHEDULER_NODE_FAILURE])
-    def handle_node_failure(self, node):
-        """The scheduler reported a node failure: the same inputs on another (or the revived) node, once."""
-        return self.handle_outputs_lost(node)
-
-    @process_handler(priority=605, exit_codes=[MlipRelaxCalculation.exit_codes.ERROR_SCHEDULER_OUT_OF_WALLTIME])
-    def handle_out_of_walltime(self, node):
-        """Killed at the walltime: continue from the rows in its checkpoint, with twice the walltime."""
-        options = dict(self.ctx.inputs.get("metadata", {}).get("options", {}))
-        walltime = options.get("max_wallclock_seconds") or node.get_option("max_wallclock_seconds")
-        if walltime:
-            options["max_wallclock_seconds"] = 2 * int(walltime)
-            self.ctx.inputs.metadata = {**dict(self.ctx.inputs.get("metadata", {})), "options": options}
-        self.ctx.inputs.parent_folder = node.outputs.remote_folder
-        self.report_error_handled(
-            node, f"continuing the {self.ctx.inputs.structures.n_rows} row(s) from the checkpoint in "
-                  f"RemoteData<{node.outputs.remote_folder.pk}> with max_wallclock_seconds="
-                  f"{options.get('max_wallclock_seconds', 'unchanged')} s")
-        return ProcessHandlerReport(True)
-
-    @process_handler(priority=590, exit_codes=[
-        MlipRelaxCalculation.exit_codes.ERROR_CLI_INVALID_INPUT,
-        MlipRelaxCalculation.exit_codes.ERROR_CLI_FAILED,
-    ])
-    def handle_cli_rejected(self, node):
-        """The CLI rejected its input or crashed: the same inputs would fail again."""
-        self.report_error_handled(node, "aborting: the failure is deterministic")
-        return ProcessHandlerReport(True, self.exit_codes.ERROR_CLI_REJECTED.format(status=node.exit_status))
-
+    # 120 walltime, 140 node failure, 300-302 outputs lost, 303/304 CLI rejected: BattgenRestartWorkChain
     @process_handler(priority=500, exit_codes=[MlipRelaxCalculation.exit_codes.WARNING_EXPLODED])
     def handle_exploded(self, node):
         """Retry exploded rows once with half the optimiser step; drop them if they explode again."""

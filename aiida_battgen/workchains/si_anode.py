@@ -14,6 +14,7 @@ SiAnodeBaseWorkChain (restart wrapper, no entry point of its own):
 * 410 wall-time budget or SIGTERM, 120 scheduler walltime, 300/302 outputs or summary missing (a kill
   without SIGTERM) → continue from the checkpoint in the previous remote folder (finished configurations
   are not relaxed again; every call makes progress, ``max_iterations`` bounds the number of calls);
+* 140 node failure → continue from the checkpoint (``max_iterations`` bounds the calls);
 * 301 an output unreadable → continue from the checkpoint once, then fail (501);
 * 303/304 the CLI rejected its input or crashed → deterministic, fail at once (502).
 """
@@ -21,11 +22,12 @@ SiAnodeBaseWorkChain (restart wrapper, no entry point of its own):
 from __future__ import annotations
 
 from aiida import orm
+from aiida.common import AttributeDict
 from aiida.engine import ProcessHandlerReport, ToContext, WorkChain, if_, process_handler
 from aiida.plugins import CalculationFactory, DataFactory
 
 from aiida_battgen.calculations.si_anode import SiAnodeCalculation, validate_si_anode_parameters
-from aiida_battgen.workchains.protocols.utils import ProtocolMixin
+from aiida_battgen.workchains.protocols.utils import ProtocolMixin, recursive_merge, relax_settings
 from aiida_battgen.workchains.restart import BattgenRestartWorkChain
 
 StructureBatchData = DataFactory("battgen.structure_batch")
@@ -38,28 +40,21 @@ class SiAnodeBaseWorkChain(BattgenRestartWorkChain):
     _process_class = SiAnodeCalculation
     _namespace = "si_anode"
 
-    def _continue_from(self, node) -> None:
-        if "remote_folder" in node.outputs:
-            self.ctx.inputs.parent_folder = node.outputs.remote_folder
+    defaults = AttributeDict({
+        **BattgenRestartWorkChain.defaults,
+        "walltime_factor": 1.0,  # every call resumes from the checkpoint: no need for a longer walltime
+        "outputs_lost_retries": None,  # each continuation makes progress; max_iterations bounds them
+    })
 
-    @process_handler(priority=600, exit_codes=[SiAnodeCalculation.exit_codes.WARNING_INCOMPLETE,
-                                               SiAnodeCalculation.exit_codes.ERROR_SCHEDULER_OUT_OF_WALLTIME,
-                                               SiAnodeCalculation.exit_codes.ERROR_MISSING_OUTPUT_FILES,
-                                               SiAnodeCalculation.exit_codes.ERROR_SUMMARY_MISSING])
-    def handle_interrupted(self, node):
-        self._continue_from(node)
+    @process_handler(priority=620, exit_codes=[SiAnodeCalculation.exit_codes.WARNING_INCOMPLETE])
+    def handle_incomplete(self, node):
+        """Stopped cleanly at the wall-time budget: continue from the checkpoint."""
+        self.resume_from_checkpoint(node)
         self.report_error_handled(node, "continuing from the checkpoint of the finished configurations")
         return ProcessHandlerReport(True)
 
-    @process_handler(priority=590, exit_codes=[SiAnodeCalculation.exit_codes.ERROR_OUTPUT_UNREADABLE])
-    def handle_outputs_lost(self, node):
-        self._continue_from(node)
-        return self._retry_once("outputs_lost", node, "continuing once from the checkpoint")
-
-    @process_handler(priority=580, exit_codes=[SiAnodeCalculation.exit_codes.ERROR_CLI_INVALID_INPUT,
-                                               SiAnodeCalculation.exit_codes.ERROR_CLI_FAILED])
-    def handle_cli_rejected(self, node):
-        return self.abort_deterministic(node)
+    # 120 walltime, 140 node failure, 300/302 outputs lost (continue from the checkpoint), 301 (once, then 501),
+    # 303/304 CLI rejected (502): BattgenRestartWorkChain
 
 
 def validate_inputs(inputs, _=None) -> str | None:
@@ -108,7 +103,7 @@ class SiAnodeWorkChain(ProtocolMixin, WorkChain):
         spec.output("slopes", valid_type=orm.Dict,
                     help="Per compound: slope_A_per_unit_soc ± slope_err_A_per_unit_soc (Å per unit SOC = Å/100 % "
                          "SOC), intercept_A (Å), Pearson r, Spearman ρ, n_points.")
-        spec.output("ranking", valid_type=orm.Dict, help="Compounds by |slope| ascending (most stable channel first).")
+        spec.output("ranking", valid_type=orm.Dict, help="Compounds by the absolute slope, ascending (most stable channel first).")
         spec.output("figure", valid_type=orm.SinglefileData,
                     help="Channel radius (Å) vs SOC per compound with fits (PNG).")
         spec.exit_code(350, "ERROR_SOURCE_UNREADABLE", message="The source could not be read: {message}")
@@ -118,6 +113,12 @@ class SiAnodeWorkChain(ProtocolMixin, WorkChain):
         spec.exit_code(352, "ERROR_CAPACITY_FAILED", message="The capacity step failed: {message}")
         spec.exit_code(550, "ERROR_SI_ANODE_FAILED", message="The Si-anode calculation failed: {message}")
         spec.exit_code(551, "ERROR_FIT_FAILED", message="The slope fit failed: {message}")
+
+    @classmethod
+    def compose_protocol_inputs(cls, protocol, inputs):
+        """``parameters.mlip`` and ``parameters.fmax`` from the relax base protocol (``si_anode_seed004`` →
+        ``balanced``); what si_anode.yaml states itself wins."""
+        return recursive_merge({"parameters": relax_settings(protocol)}, inputs, strict=False)
 
     @classmethod
     def get_builder_from_protocol(cls, code, structures=None, snapshot=None, protocol=None, overrides=None,

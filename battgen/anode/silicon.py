@@ -40,8 +40,6 @@ import hashlib
 import json
 import math
 import os
-import signal
-import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -54,54 +52,24 @@ from pymatgen.transformations.site_transformations import RemoveSitesTransformat
 from battgen.anode.slope import (SLOPE_UNITS, compound_label, fit_compounds, group_points,
                                  plot_channel_radius_vs_soc, rank_by_abs_slope)
 from battgen.batch import BatchFormatError, StructureBatch
-from battgen.cli import InvalidInputError
-from battgen.electrochem.capacity import CAPACITY_BASES, electrode_capacity
+from battgen.checkpoint import SigtermGuard, SigtermInterrupt, atomic_write_json
+from battgen.contracts.si_anode import (  # noqa: F401 - re-exported: the si-anode file names and statuses
+    CHECKPOINT_FILENAME, COMPOUNDS_FILENAME, CONFIGURATIONS_FILENAME, FIGURE_FILENAME, INPUT_FILENAME,
+    RELAXED_FILENAME, SLOPES_FILENAME, SLOPES_TABLE_FILENAME, STATUSES, TABLE_FILENAME, TABLE_JSON_FILENAME,
+    SiAnodeSettings,
+)
+from battgen.errors import InvalidInputError
+from battgen.sources.files import read_input_batch
+from battgen.electrochem.capacity import electrode_capacity
+from battgen.progress import Bar
 
-INPUT_FILENAME = "structures.jsonl.gz"
-COMPOUNDS_FILENAME = "compounds.json"
-CONFIGURATIONS_FILENAME = "configurations.jsonl.gz"
-CHECKPOINT_FILENAME = "si_anode_checkpoint.jsonl"
-RELAXED_FILENAME = "relaxed.jsonl.gz"
-TABLE_FILENAME = "configurations.csv"
-TABLE_JSON_FILENAME = "configurations.json"
-SLOPES_FILENAME = "slopes.json"
-SLOPES_TABLE_FILENAME = "slopes.csv"
-FIGURE_FILENAME = "channel_radius_vs_soc.png"
 CHECKPOINT_FORMAT = "battgen.si_anode_checkpoint"
 
-STATUSES = ("completed", "incomplete")
 # Relax statuses whose configuration enters the fit (an exploded row keeps its unrelaxed start).
 FIT_RELAX_STATUSES = ("converged", "not_converged")
 
-SI_ANODE_DEFAULTS: dict[str, Any] = {
-    "input": INPUT_FILENAME,       # battgen batch file of compounds, or
-    "source": None,                # any source file read_structures reads (MP snapshot, CIF, extxyz ...)
-    "working_ion": "Li",
-    "host_element": "Si",
-    "min_capacity_mAh_per_g": 1500.0,
-    "capacity_basis": "host",
-    "max_compounds": None,
-    "max_sites": None,
-    "primitive_cell": False,
-    "n_configurations": 30,
-    "max_removed_fraction": 1.0,
-    "include_fully_lithiated": True,
-    "seed": 0,
-    "mlip": "chgnet",
-    "model_path": None,
-    "device": "cpu",
-    "fmax": 0.05,
-    "max_steps": 500,
-    "cell_filter": "frechet",
-    "optimizer": "FIRE",
-    "maxstep": 0.2,
-    # Full delithiation of Li15Si4 towards Si shrinks the cell ~3.8x: beyond the relaxation's default x3 guard.
-    "max_volume_factor": 5.0,
-    "channel_options": {},
-    "max_wall_time_s": None,
-    "restart": True,
-    "progress": True,
-}
+# Declared once, with units and ranges, in battgen.contracts.si_anode.SiAnodeSettings.
+SI_ANODE_DEFAULTS: dict[str, Any] = SiAnodeSettings.defaults()
 # Settings that change results: a checkpoint written with other values cannot be continued.
 _RESULT_KEYS = ("working_ion", "host_element", "min_capacity_mAh_per_g", "capacity_basis", "max_compounds",
                 "max_sites", "primitive_cell", "n_configurations", "max_removed_fraction",
@@ -310,34 +278,6 @@ def _finite_or_none(value: Any) -> Any:
     return value
 
 
-class _Terminated(BaseException):
-    """Raised by the SIGTERM handler; a BaseException so no ``except Exception`` on the way swallows it."""
-
-
-class _StopOnSigterm:
-    """While armed, SIGTERM (a scheduler's walltime kill) interrupts the configuration in flight at once; the
-    finished ones are in the checkpoint and the outputs are still written (status ``incomplete``). Main
-    thread only: elsewhere the signal is not ours to handle."""
-
-    def __init__(self) -> None:
-        self.armed, self.received, self.previous = True, False, None
-
-    def __enter__(self) -> _StopOnSigterm:
-        if threading.current_thread() is threading.main_thread():
-            self.previous = signal.signal(signal.SIGTERM, self._handle)
-        return self
-
-    def _handle(self, signum, frame) -> None:
-        self.received = True
-        if self.armed:
-            self.armed = False
-            raise _Terminated()
-
-    def __exit__(self, *exc) -> None:
-        if self.previous is not None:
-            signal.signal(signal.SIGTERM, self.previous)
-
-
 # --- the pipeline ----------------------------------------------------------------------------------------
 def run_channel_stability(
     compounds: StructureBatch, settings: dict[str, Any], workdir: Path, *, calculator: Any = None,
@@ -346,8 +286,6 @@ def run_channel_stability(
 ) -> dict[str, Any]:
     """Sample, relax and analyse every configuration of ``compounds`` (already mined), with checkpointing;
     then fit, rank, write the table, slopes and figure. ``calculator`` replaces the MLIP (tests)."""
-    from tqdm import tqdm
-
     from battgen.mlip.relax import RELAX_COLUMNS, load_relax_mlip, relax_structure
 
     started = time.perf_counter()
@@ -377,9 +315,9 @@ def run_channel_stability(
         model.pop("supported_elements")
 
     status, stop_reason, n_this_call = "completed", None, 0
-    bar = tqdm(total=len(configurations), initial=len(configurations) - len(todo), unit="config",
-               desc="si-anode relax + channels", disable=not settings["progress"])
-    with _StopOnSigterm() as sigterm:
+    bar = Bar(total=len(configurations), initial=len(configurations) - len(todo), unit="config",
+              desc="si-anode relax + channels", disable=not settings["progress"])
+    with SigtermGuard(interrupt=True) as sigterm:
         try:
             for meta, structure in configurations:
                 if meta["row_id"] in done:
@@ -388,6 +326,7 @@ def run_channel_stability(
                 if budget is not None and n_this_call and time.perf_counter() - started > budget:
                     status, stop_reason = "incomplete", f"wall-time budget of {budget:g} s"
                     break
+                bar.set_current(meta["row_id"])
                 relaxed, record = relax_structure(
                     structure, calculator, supported_elements=supported_elements, fmax=settings["fmax"],
                     max_steps=settings["max_steps"], cell_filter=settings["cell_filter"],
@@ -403,7 +342,7 @@ def run_channel_stability(
                 done[meta["row_id"]] = (row, relaxed)
                 n_this_call += 1
                 bar.update(1)
-        except _Terminated:
+        except SigtermInterrupt:
             status, stop_reason = "incomplete", "SIGTERM (configuration in flight dropped)"
         sigterm.armed = False  # from here on a SIGTERM is only noted: the outputs below are quick
     bar.close()
@@ -477,9 +416,7 @@ def _counts(values) -> dict[str, int]:
 
 
 def _atomic_write_json(path: Path, payload: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=1, default=_json_default), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_json(path, payload, default=_json_default)
 
 
 SLOPES_TABLE_COLUMNS = ("rank", "compound", "formula", "slope_A_per_unit_soc", "slope_err_A_per_unit_soc",
@@ -506,70 +443,10 @@ def _write_table(table: list[dict[str, Any]], workdir: Path) -> None:
 
 
 # --- the command ----------------------------------------------------------------------------------------
-def _positive_number(settings: dict[str, Any], key: str, allow_zero: bool = False, allow_none: bool = False) -> None:
-    value = settings[key]
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or (
-            value < 0 if allow_zero else value <= 0):
-        raise InvalidInputError(f"{key} must be a {'non-negative' if allow_zero else 'positive'} number, got {value!r}")
-    settings[key] = float(value)
-
-
-def _positive_int(settings: dict[str, Any], key: str, allow_none: bool = False) -> None:
-    value = settings[key]
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InvalidInputError(f"{key} must be a positive integer, got {value!r}")
-
-
 def validate_si_anode_config(config: dict[str, Any]) -> dict[str, Any]:
-    """Config with defaults filled in; raises InvalidInputError naming the bad key."""
-    from battgen.mlip.calculators import mlip_entry_point_name
-    from battgen.mlip.relax import CELL_FILTERS, OPTIMIZERS
-
-    unknown = sorted(set(config) - set(SI_ANODE_DEFAULTS))
-    if unknown:
-        raise InvalidInputError(f"unknown si-anode setting(s) {unknown}; allowed: {sorted(SI_ANODE_DEFAULTS)}")
-    settings = {**SI_ANODE_DEFAULTS, **config}
-    for key in ("working_ion", "host_element"):
-        if not isinstance(settings[key], str) or not Element.is_valid_symbol(settings[key]):
-            raise InvalidInputError(f"{key} must be an element symbol, got {settings[key]!r}")
-    if settings["working_ion"] == settings["host_element"]:
-        raise InvalidInputError("working_ion and host_element must differ")
-    if settings["capacity_basis"] not in CAPACITY_BASES:
-        raise InvalidInputError(f"capacity_basis must be one of {CAPACITY_BASES}, got {settings['capacity_basis']!r}")
-    _positive_number(settings, "min_capacity_mAh_per_g", allow_zero=True)
-    _positive_number(settings, "max_removed_fraction")
-    if settings["max_removed_fraction"] > 1:
-        raise InvalidInputError(f"max_removed_fraction must be in (0, 1], got {settings['max_removed_fraction']}")
-    for key in ("fmax", "maxstep"):
-        _positive_number(settings, key)
-    _positive_number(settings, "max_volume_factor")
-    if settings["max_volume_factor"] <= 1:
-        raise InvalidInputError(f"max_volume_factor must be > 1, got {settings['max_volume_factor']}")
-    _positive_number(settings, "max_wall_time_s", allow_zero=True, allow_none=True)
-    for key in ("n_configurations", "max_steps"):
-        _positive_int(settings, key)
-    for key in ("max_compounds", "max_sites"):
-        _positive_int(settings, key, allow_none=True)
-    if isinstance(settings["seed"], bool) or not isinstance(settings["seed"], int) or settings["seed"] < 0:
-        raise InvalidInputError(f"seed must be a non-negative integer, got {settings['seed']!r}")
-    if settings["cell_filter"] not in CELL_FILTERS:
-        raise InvalidInputError(f"cell_filter must be one of {list(CELL_FILTERS)}, got {settings['cell_filter']!r}")
-    if settings["optimizer"] not in OPTIMIZERS:
-        raise InvalidInputError(f"optimizer must be one of {list(OPTIMIZERS)}, got {settings['optimizer']!r}")
-    try:
-        settings["mlip"] = mlip_entry_point_name(str(settings["mlip"])).removeprefix("battgen.")
-    except KeyError as exc:
-        raise InvalidInputError(exc.args[0]) from exc
-    if not isinstance(settings["channel_options"], dict):
-        raise InvalidInputError(f"channel_options must be a mapping, got {settings['channel_options']!r}")
-    for key in ("include_fully_lithiated", "primitive_cell", "restart", "progress"):
-        if not isinstance(settings[key], bool):
-            raise InvalidInputError(f"{key} must be true or false, got {settings[key]!r}")
-    return settings
+    """Config with defaults filled in (:class:`~battgen.contracts.si_anode.SiAnodeSettings`); raises
+    InvalidInputError naming the bad key and its allowed range."""
+    return SiAnodeSettings.settings_dict(config)
 
 
 def read_compounds(settings: dict[str, Any], workdir: Path) -> StructureBatch:
@@ -585,7 +462,7 @@ def read_compounds(settings: dict[str, Any], workdir: Path) -> StructureBatch:
             raise InvalidInputError(f"cannot read the source {path.name}: {exc}") from exc
     else:
         try:
-            batch = StructureBatch.read(workdir / settings["input"])
+            batch = read_input_batch(workdir / settings["input"])
         except (BatchFormatError, OSError) as exc:
             raise InvalidInputError(f"cannot read the input batch {settings['input']}: {exc}") from exc
     if settings["primitive_cell"]:

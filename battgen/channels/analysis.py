@@ -59,13 +59,14 @@ from pymatgen.core import Element, Structure
 from tqdm.auto import tqdm
 
 from battgen.channels import grid as _grid
+from battgen.contracts.channels import (  # noqa: F401 - re-exported: the channels file names
+    DEFAULT_GRID_SPACING_A, ENGINES, OUTPUT_BATCH, OUTPUT_FIGURE, OUTPUT_TABLE_CSV, OUTPUT_TABLE_JSON, RADII_SETS,
+    ChannelSettings,
+)
 
-ENGINES = ("zeopp", "cavd")
-RADII_SETS = ("crystal", "zeopp")
 # Default probe for the dimensionality: this fraction of the channel radius, so that the dimensionality is
 # that of the widest channel system (narrower side paths are ignored).
 DEFAULT_PROBE_FRACTION_OF_CHANNEL_RADIUS = 0.9
-DEFAULT_GRID_SPACING_A = 0.25
 UNITS = {
     "largest_included_sphere_A": "Å (diameter)",
     "largest_free_sphere_A": "Å (diameter)",
@@ -351,30 +352,14 @@ def plot_channels(rows: Sequence[dict[str, Any]], path: str | Path, title: str =
     return path
 
 
-_CONFIG_KEYS = {"input", "engine", "probe_radius_A", "mobile_ion", "radii", "grid_spacing_A", "progress"}
-OUTPUT_BATCH = "channels.jsonl.gz"
-OUTPUT_TABLE_CSV = "channels.csv"
-OUTPUT_TABLE_JSON = "channels.json"
-OUTPUT_FIGURE = "channels.png"
 
 
 def _read_input(path: Path):
-    from battgen.batch import BatchFormatError, StructureBatch
-    from battgen.sources.files import SourceFormatError, read_structures
+    from battgen.sources.files import read_input_batch
 
-    if not path.is_file():
+    if not path.exists():
         raise FileNotFoundError(f"input file {path.name} not found in the working directory")
-    name = path.name.lower()
-    if name.endswith((".jsonl.gz", ".jsonl")):
-        try:
-            return StructureBatch.read(path)
-        except BatchFormatError:
-            pass  # an MP snapshot file, read below
-    try:
-        batch, _ = read_structures(path)
-    except SourceFormatError as exc:
-        raise ValueError(str(exc)) from exc
-    return batch
+    return read_input_batch(path)
 
 
 def run_channels_command(config: dict[str, Any], workdir: Path) -> dict[str, Any]:
@@ -386,31 +371,15 @@ def run_channels_command(config: dict[str, Any], workdir: Path) -> dict[str, Any
     ``channels.json`` (table with units) and ``channels.png``.
     """
     from battgen.batch import BatchFormatError
-    from battgen.cli import InvalidInputError
+    from battgen.errors import InvalidInputError
     from battgen.report import write_csv
 
-    unknown = sorted(set(config) - _CONFIG_KEYS)
-    if unknown:
-        raise InvalidInputError(f"unknown config key(s) {unknown}; allowed: {sorted(_CONFIG_KEYS)}")
     if "input" not in config:
         raise InvalidInputError("config needs 'input': the structure file (batch .jsonl.gz, .extxyz, .cif)")
-    settings = {
-        "engine": config.get("engine", "zeopp"),
-        "probe_radius_A": config.get("probe_radius_A"),
-        "mobile_ion": config.get("mobile_ion"),
-        "radii": config.get("radii", "crystal"),
-        "grid_spacing_A": float(config.get("grid_spacing_A", DEFAULT_GRID_SPACING_A)),
-    }
+    checked = ChannelSettings.from_config(config)
+    settings = {key: getattr(checked, key) for key in ("engine", "probe_radius_A", "mobile_ion", "radii",
+                                                       "grid_spacing_A")}
     try:
-        if settings["engine"] not in ENGINES:
-            raise ValueError(f"engine must be one of {ENGINES}, got {settings['engine']!r}")
-        if settings["mobile_ion"] is not None and not Element.is_valid_symbol(str(settings["mobile_ion"])):
-            raise ValueError(f"mobile_ion {settings['mobile_ion']!r} is not an element symbol")
-        if not isinstance(settings["radii"], dict) and settings["radii"] not in RADII_SETS:
-            raise ValueError(f"radii must be one of {RADII_SETS} or a mapping element -> Å")
-        probe = settings["probe_radius_A"]
-        if probe is not None and (not isinstance(probe, int | float) or probe < 0):
-            raise ValueError(f"probe_radius_A must be a number ≥ 0 (Å), got {probe!r}")
         batch = _read_input(workdir / str(config["input"]))
     except (BatchFormatError, ValueError, TypeError, FileNotFoundError) as exc:
         raise InvalidInputError(str(exc)) from exc
@@ -418,7 +387,7 @@ def run_channels_command(config: dict[str, Any], workdir: Path) -> dict[str, Any
         raise InvalidInputError(f"input {config['input']} holds no structures")
 
     started = time.perf_counter()
-    results = analyze_batch([s for _, s in batch], progress=bool(config.get("progress", True)), **settings)
+    results = analyze_batch([s for _, s in batch], progress=checked.progress, **settings)
     seconds = time.perf_counter() - started
     rows = [_result_row(meta["row_id"], structure, result) for (meta, structure), result in zip(batch, results)]
 

@@ -5,8 +5,10 @@
   crystal as invalid.
 - Composition fingerprint: matminer ``ElementProperty.from_preset("magpie")`` (132 numbers), standardised
   before distances are taken. CDVAE standardises with fixed means/stds shipped in its repository
-  (``CompScaler``); here :class:`FeatureScaler` is fitted on the reference set unless a scaler is given: a
-  JSON file of means/stds, or one fitted on a broader batch (:meth:`FeatureScaler.from_compositions`).
+  (``CompScaler``); here they are the default too (:meth:`FeatureScaler.cdvae`, ``cdvae_comp_scaler.json``);
+  a scaler fitted on the reference set is used only when asked (``composition_scaler: reference``) and is
+  named so in the output; a JSON file of means/stds or a fit on a broader batch
+  (:meth:`FeatureScaler.from_compositions`) can be given instead.
   CDVAE's constants are, to within 0.1 σ in the means and 1 % in the stds (medians over the 132 features),
   what a fit on MP-20 gives (measured on the 2,573-row MP-20 mini set); the choice matters: perov-5 val
   (400 rows) against test (800 rows) covers COV-R/COV-P 71.6/89.0 % with the MP-20-mini fit, 70.8/87.3 %
@@ -185,6 +187,10 @@ class FingerprintCache:
         return Fingerprints(structure_fps, ok, composition_fps)
 
 
+CDVAE_COMP_SCALER_FILE = Path(__file__).with_name("cdvae_comp_scaler.json")
+CDVAE_COMP_SCALER_NAME = "CDVAE CompScaler constants"
+
+
 @dataclass
 class FeatureScaler:
     """Standard scaler with CDVAE's (chemprop's) conventions: NaN-aware fit, NaN -> 0 after transform."""
@@ -212,6 +218,13 @@ class FeatureScaler:
     def from_compositions(cls, compositions: Sequence[Composition], fitted_on: str = "") -> FeatureScaler:
         """Fit on the Magpie fingerprints of ``compositions`` (e.g. MP-20, like CDVAE's CompScaler)."""
         return cls.fit(np.array([composition_fingerprint(c) for c in compositions]), fitted_on)
+
+    @classmethod
+    def cdvae(cls) -> FeatureScaler:
+        """CDVAE's published CompScaler constants (the default of every COV here: numbers compare with the paper)."""
+        scaler = cls.from_file(CDVAE_COMP_SCALER_FILE)
+        scaler.fitted_on = CDVAE_COMP_SCALER_NAME
+        return scaler
 
     @classmethod
     def from_file(cls, path: str | Path) -> FeatureScaler:

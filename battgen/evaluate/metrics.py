@@ -18,9 +18,11 @@ Per generator (rows' ``generator`` metadata) and over all rows:
   :mod:`battgen.screen.novelty`): greedy deduplication of the structure- and composition-valid rows,
   novelty of the unique ones against a training set. ``screening_pass_percent`` is seed 000's funnel
   (valid, charge-neutral, unique, novel; 8,203/10,000 CDVAE and 1,087/10,000 LLM rows passed there).
-- **S.U.N.** (MatterGen): percent of generated rows that are stable (``e_above_hull_eV_per_atom`` <=
-  0.0 eV/atom; "metastable" variant 0.1 eV/atom), valid, unique and novel; rows without the column are not
-  stable.
+- **S.U.N.**: percent of generated rows that are stable, valid, unique and novel, once per E_hull threshold
+  and named by it: ``sun_ehull_le_100meV_percent`` is MatterGen's S.U.N. (``e_above_hull_eV_per_atom`` <=
+  0.1 eV/atom, against an MP2020-compatible hull after relaxation: what the column must hold),
+  ``sun_ehull_le_0meV_percent`` the strict one (<= 0); counts ``n_stable_<label>`` / ``n_sun_<label>``.
+  Rows without the column are not stable.
 - **Target agreement** for rows carrying ``target_<condition>`` (:mod:`battgen.evaluate.targets`).
 - **Reconstruction** match rate / RMSE for (original, reconstructed) pairs
   (:mod:`battgen.evaluate.reconstruction`).
@@ -44,6 +46,7 @@ from scipy.stats import wasserstein_distance
 from tqdm.auto import tqdm
 
 from battgen.batch import BatchFormatError, StructureBatch
+from battgen.sources.files import read_input_batch
 from battgen.evaluate.fingerprints import (
     FeatureScaler,
     FingerprintCache,
@@ -62,6 +65,13 @@ from battgen.screen.novelty import build_reference_index, find_duplicates, make_
 from battgen.screen.validity import validity_reason
 
 ALL_ROWS = "all"
+
+
+def sun_label(threshold_eV_per_atom: float) -> str:
+    """The S.U.N. name of an E_hull threshold: 0.1 eV/atom -> ``ehull_le_100meV`` (no dots: AiiDA keys)."""
+    millielectronvolts = round(1000 * float(threshold_eV_per_atom), 3)
+    text = f"{abs(millielectronvolts):g}".replace(".", "p")
+    return f"ehull_le_{'minus' if millielectronvolts < 0 else ''}{text}meV"
 UNKNOWN_GENERATOR = "unknown"
 CDVAE_N_SAMPLES = 1000
 PREDICTED_PREFIX = "predicted_"  # battgen predict's column prefix (battgen.predictors.base)
@@ -70,7 +80,8 @@ DISTRIBUTION_PROPERTIES = ("density_g_per_cm3", "num_elements")
 TABLE_COLUMNS = (
     "generator", "n_generated", "struct_valid_percent", "comp_valid_percent", "valid_percent",
     "unique_percent", "novel_percent", "screening_pass_percent", "cov_recall_percent", "cov_precision_percent",
-    "wdist_density_g_per_cm3", "wdist_num_elements", "wdist_property", "sun_percent", "msun_percent",
+    "wdist_density_g_per_cm3", "wdist_num_elements", "wdist_property", "sun_ehull_le_100meV_percent",
+    "sun_ehull_le_0meV_percent",
 )
 UNITS = {
     "*_percent": "percent of the row count named in the docs (generated rows unless stated)",
@@ -95,8 +106,8 @@ class EvaluationSettings:
     property_column: str = "formation_energy_per_atom_eV"
     reference_property_column: str | None = None  # default: property_column
     e_hull_column: str = "e_above_hull_eV_per_atom"
-    stable_threshold_eV_per_atom: float = 0.0  # MatterGen "stable"
-    metastable_threshold_eV_per_atom: float = 0.1  # MatterGen "metastable" (M.S.U.N.)
+    stable_threshold_eV_per_atom: float = 0.0  # the strict S.U.N. (E_hull <= 0)
+    metastable_threshold_eV_per_atom: float = 0.1  # MatterGen's S.U.N. (E_hull <= 0.1 eV/atom)
     coverage_on: str = "all"  # CDVAE: every generated row; "valid": valid rows only
     target_tolerances: dict[str, float] = field(default_factory=dict)
     working_ion: str = "Li"
@@ -221,6 +232,29 @@ def _column_values(metas: Sequence[Mapping[str, Any]], column: str) -> list[floa
     return values
 
 
+def _column_sources(metas: Sequence[Mapping[str, Any]], column: str) -> set[str]:
+    """Where the rows' values of ``column`` come from: ``column`` itself and/or ``predicted_<column>``."""
+    sources = set()
+    for meta in metas:
+        if _number(meta.get(column)) is not None:
+            sources.add(column)
+        elif _number(meta.get(PREDICTED_PREFIX + column)) is not None:
+            sources.add(PREDICTED_PREFIX + column)
+    return sources
+
+
+def property_wdist_refusal(generated_sources: set[str], reference_sources: set[str]) -> str | None:
+    """Why a property Wasserstein distance between these two sides is not computed (None: it is).
+
+    CDVAE applies one property model to both sides; a distance between one side's DFT values and the
+    other side's predictions measures the predictor's error as much as the generator."""
+    if not generated_sources or not reference_sources or generated_sources == reference_sources:
+        return None
+    return (f"generated values come from {sorted(generated_sources)} but reference values from "
+            f"{sorted(reference_sources)}: one predictor must judge both sides (give property_model, or the same "
+            "column on both)")
+
+
 def _wdist(generated: Sequence[float | None], reference: Sequence[float | None]) -> float | None:
     a = [v for v in generated if v is not None]
     b = [v for v in reference if v is not None]
@@ -237,7 +271,7 @@ def evaluate_generation(
     training: StructureBatch | None = None,
     settings: EvaluationSettings | Mapping[str, Any] | None = None,
     property_predictor: Callable[[Sequence[Structure]], Sequence[float | None]] | None = None,
-    composition_scaler: FeatureScaler | None = None,
+    composition_scaler: FeatureScaler | str | None = None,
     fingerprint_cache: FingerprintCache | None = None,
     reconstruction: tuple[StructureBatch, StructureBatch] | None = None,
     progress: bool = False,
@@ -246,7 +280,9 @@ def evaluate_generation(
     distances) and ``training`` (novelty). Without ``reference`` the coverage and distance metrics are None.
 
     ``property_predictor`` (structures -> values) replaces the metadata column ``settings.property_column``
-    for both sides; ``composition_scaler`` defaults to one fitted on the reference fingerprints.
+    for both sides; ``composition_scaler`` defaults to CDVAE's published CompScaler constants
+    (:meth:`FeatureScaler.cdvae`); ``"reference"`` fits one on the reference fingerprints instead (named so
+    in ``settings.composition_scaler``: perov-5 COV-R then drops from ~71 % to ~35 %).
     """
     if not isinstance(settings, EvaluationSettings):
         settings = EvaluationSettings.from_dict(settings)
@@ -270,8 +306,13 @@ def evaluate_generation(
     screen_valid = struct_valid & comp_valid
 
     scaler = composition_scaler
-    if scaler is None and reference_fps is not None:
-        scaler = FeatureScaler.fit(reference_fps.composition, fitted_on=f"reference ({len(reference)} rows)")
+    if scaler is None:
+        scaler = FeatureScaler.cdvae()
+    elif isinstance(scaler, str):
+        if scaler != "reference":
+            raise ValueError(f"composition_scaler must be a FeatureScaler, 'reference' or None, got {scaler!r}")
+        scaler = (FeatureScaler.fit(reference_fps.composition, fitted_on=f"fitted on the reference ({len(reference)} rows)")
+                  if reference_fps is not None else FeatureScaler.cdvae())
     cutoffs = settings.cutoffs()
 
     started = time.perf_counter()
@@ -341,6 +382,13 @@ def evaluate_generation(
             sample_property = [predicted[i] for i in valid_rows]
         else:
             sample_property = [generated_property[i] for i in valid_rows]
+        refusal = None
+        if property_predictor is None and reference is not None:
+            refusal = property_wdist_refusal(_column_sources([generated.meta[i] for i in valid_rows],
+                                                             settings.property_column),
+                                             _column_sources(reference.meta, reference_property_column))
+        if refusal is not None:
+            result["wdist_property_refused"] = refusal
         distributions[settings.property_column] = [v for v in sample_property if v is not None]
         result["n_samples_with_property"] = len(distributions[settings.property_column])
         result.update({key: None for key in _REFERENCE_METRICS})  # stay None without a reference
@@ -349,7 +397,8 @@ def evaluate_generation(
             result["wdist_density_g_per_cm3"] = _wdist(distributions["density_g_per_cm3"],
                                                        reference_distributions["density_g_per_cm3"])
             result["wdist_num_elements"] = _wdist(distributions["num_elements"], reference_distributions["num_elements"])
-            result[f"wdist_{settings.property_column}"] = _wdist(sample_property, reference_property)
+            result[f"wdist_{settings.property_column}"] = (None if refusal is not None
+                                                            else _wdist(sample_property, reference_property))
         sample_fps = generated_fps.select(np.isin(np.arange(len(generated)), valid_rows))
         result["composition_diversity"] = (mean_pairwise_distance(scaler.transform(sample_fps.composition))
                                            if scaler is not None else None)
@@ -374,14 +423,14 @@ def evaluate_generation(
             result["novel_percent"] = _percent(result["n_unique_novel"], result["n_unique"])  # of unique rows
             result["screening_pass_percent"] = _percent(result["n_unique_novel"], n)  # of generated rows
         if has_e_hull:
-            for prefix, threshold in (("", settings.stable_threshold_eV_per_atom),
-                                      ("m", settings.metastable_threshold_eV_per_atom)):
+            for threshold in (settings.metastable_threshold_eV_per_atom, settings.stable_threshold_eV_per_atom):
+                label = sun_label(threshold)
                 stable = np.array([v is not None and v <= threshold for v in e_hull], dtype=bool) & in_group
-                result[f"n_{prefix}stable"] = int(stable.sum())
+                result[f"n_stable_{label}"] = int(stable.sum())
                 if novel is not None:
                     sun = stable & unique & novel
-                    result[f"n_{prefix}sun"] = int(sun.sum())
-                    result[f"{prefix}sun_percent"] = _percent(int(sun.sum()), n)
+                    result[f"n_sun_{label}"] = int(sun.sum())
+                    result[f"sun_{label}_percent"] = _percent(int(sun.sum()), n)
             result["n_with_e_hull"] = int(sum(v is not None for v, g in zip(e_hull, in_group) if g))
         return result, distributions
 
@@ -412,7 +461,8 @@ def evaluate_generation(
         "structure_cutoff_used": cutoffs[0] if cutoffs else None,
         "composition_cutoff_used": cutoffs[1] if cutoffs else None,
         "composition_scaler": scaler.fitted_on if scaler is not None else None,
-        "property_source": "predictor" if property_predictor is not None else f"metadata column {settings.property_column}",
+        "property_source": (getattr(property_predictor, "describe", lambda: "predictor")() if property_predictor
+                            is not None else f"metadata column {settings.property_column}"),
         "n_reference": len(reference) if reference is not None else 0,
         "n_training": len(training) if training is not None else 0,
         "n_fingerprints_computed": n_fingerprinted,
@@ -454,7 +504,8 @@ _SETTING_KEYS = {"dataset", "max_samples", "seed", "property_column", "reference
                  "stable_threshold_eV_per_atom", "metastable_threshold_eV_per_atom", "coverage_on",
                  "target_tolerances", "working_ion"}
 _CONFIG_KEYS = _SETTING_KEYS | {"generated", "reference", "training", "coverage_cutoffs", "reconstruction",
-                                "composition_scaler", "fingerprint_cache", "output_prefix", "progress"}
+                                "composition_scaler", "fingerprint_cache", "output_prefix", "progress",
+                                "property_model", "device"}
 
 
 def _output_prefix(value: Any) -> str:
@@ -474,16 +525,41 @@ def _reconstruction_files(value: Any) -> tuple[str, str]:
     raise ValueError("reconstruction must be {original: file, reconstructed: file} or a list of two batch files")
 
 
-def _composition_scaler(workdir: Path, value: Any) -> FeatureScaler | None:
-    """None (fit on the reference), a JSON file of means/stds, or a batch file to fit on (e.g. MP-20)."""
-    if not value:
+def _composition_scaler(workdir: Path, value: Any) -> FeatureScaler | str | None:
+    """None / ``cdvae`` (CDVAE's constants), ``reference`` (fit on the reference), a JSON file of means/stds,
+    or a batch file to fit on (e.g. MP-20)."""
+    if not value or value == "cdvae":
         return None
+    if value == "reference":
+        return "reference"
     path = workdir / str(value)
     if path.name.endswith(".json"):
         return FeatureScaler.from_file(path)
-    batch = StructureBatch.read(path)
+    batch = read_input_batch(path)
     return FeatureScaler.from_compositions([s.composition for s in batch.structures],
                                            fitted_on=f"{path.name} ({len(batch)} rows)")
+
+
+def _property_model(config: Mapping[str, Any], settings: EvaluationSettings):
+    """``property_model``: one of CDVAE's property models (mp20 | perovskite | carbon, or ``cdvae`` for the
+    dataset's), applied to generated and reference rows alike, on ``device`` (default auto)."""
+    name = config.get("property_model")
+    if not name:
+        if "device" in config:
+            raise ValueError("`device` is used only with `property_model`")
+        return None
+    from battgen.evaluate.cdvae_property_models import DATASET_MODELS, MODELS, CDVAEPropertyModel
+
+    if name == "cdvae":
+        if settings.dataset not in DATASET_MODELS:
+            raise ValueError(f"property_model: cdvae needs dataset one of {sorted(DATASET_MODELS)}")
+        name = DATASET_MODELS[settings.dataset]
+    if name not in MODELS:
+        raise ValueError(f"property_model must be cdvae or one of {sorted(MODELS)}, got {name!r}")
+    if MODELS[name][1] != settings.property_column:
+        raise ValueError(f"property_model {name} predicts {MODELS[name][1]}; set property_column to it "
+                         f"(got {settings.property_column})")
+    return CDVAEPropertyModel(name, device=config.get("device", "auto"))
 
 
 def run_evaluate_command(config: dict[str, Any], workdir: Path) -> dict[str, Any]:
@@ -492,13 +568,13 @@ def run_evaluate_command(config: dict[str, Any], workdir: Path) -> dict[str, Any
     with ``coverage_cutoffs: {structure: ..., composition: ...}``), ``max_samples`` (CDVAE: 1000),
     ``property_column``, ``reconstruction`` ({original, reconstructed} batch files paired by order),
     ``e_hull_column``, ``output_prefix`` and the other :class:`EvaluationSettings`; ``composition_scaler``
-    (a JSON file of Magpie means/stds, or a batch file to fit them on; MP-20 reproduces CDVAE's scaler; default:
-    fit on the reference), ``fingerprint_cache`` (an .npz reused across runs).
+    (default ``cdvae``: CDVAE's published constants; ``reference``: fitted on the reference; a JSON file of
+    Magpie means/stds, or a batch file to fit them on), ``fingerprint_cache`` (an .npz reused across runs).
 
     Writes ``metrics.yaml``, ``metrics.csv``, ``property_distributions.png`` and, for conditional rows,
     ``target_agreement.png``.
     """
-    from battgen.cli import InvalidInputError  # the CLI imports this module lazily; avoid a cycle at import
+    from battgen.errors import InvalidInputError  # the CLI imports this module lazily; avoid a cycle at import
 
     unknown = sorted(set(config) - _CONFIG_KEYS)
     if unknown:
@@ -518,23 +594,25 @@ def run_evaluate_command(config: dict[str, Any], workdir: Path) -> dict[str, Any
             raise ValueError("coverage needs 'dataset' (mp20 | perov_5 | carbon_24) or "
                              "'dataset: custom' with 'coverage_cutoffs'")
         prefix = _output_prefix(config.get("output_prefix"))
-        generated = StructureBatch.read(workdir / config["generated"])
+        generated = read_input_batch(workdir / config["generated"])
         if len(generated) == 0:
             raise ValueError(f"{config['generated']} has no rows to evaluate")
-        reference = StructureBatch.read(workdir / config["reference"]) if config.get("reference") else None
-        training = StructureBatch.read(workdir / config["training"]) if config.get("training") else None
+        reference = read_input_batch(workdir / config["reference"]) if config.get("reference") else None
+        training = read_input_batch(workdir / config["training"]) if config.get("training") else None
         pair = None
         if config.get("reconstruction") is not None:
             original_file, reconstructed_file = _reconstruction_files(config["reconstruction"])
-            pair = (StructureBatch.read(workdir / original_file), StructureBatch.read(workdir / reconstructed_file))
+            pair = (read_input_batch(workdir / original_file), read_input_batch(workdir / reconstructed_file))
             if len(pair[0]) != len(pair[1]):
                 raise ValueError(f"reconstruction: {len(pair[0])} originals but {len(pair[1])} reconstructions")
         scaler = _composition_scaler(workdir, config.get("composition_scaler"))
+        property_predictor = _property_model(config, settings)
     except (BatchFormatError, ValueError, TypeError, KeyError, OSError, json.JSONDecodeError) as exc:
         raise InvalidInputError(str(exc)) from exc
 
     cache = FingerprintCache(workdir / config["fingerprint_cache"]) if config.get("fingerprint_cache") else None
-    metrics = evaluate_generation(generated, reference, training, settings, composition_scaler=scaler,
+    metrics = evaluate_generation(generated, reference, training, settings, property_predictor=property_predictor,
+                                  composition_scaler=scaler,
                                   fingerprint_cache=cache, reconstruction=pair, progress=bool(config.get("progress")))
     if cache is not None:
         cache.save()

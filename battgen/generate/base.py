@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from battgen.batch import BatchFormatError, StructureBatch
+from battgen.sources.files import read_input_batch
 
 ENTRY_POINT_GROUP = "battgen.generators"
 ENTRY_POINT_PREFIX = "battgen."
@@ -56,9 +57,11 @@ class TrainableGenerator(Generator):
 
     architecture: str = ""  # the manifest's ``architecture``
 
-    def __init__(self, model: str | Path, device: str = "cpu", **options: Any) -> None:
+    def __init__(self, model: str | Path, device: str = "auto", **options: Any) -> None:
+        from battgen.devices import resolve_device  # lazy: resolving imports torch
+
         self.model_dir = Path(model)
-        self.device = device
+        self.device = resolve_device(device)  # auto | cpu | cuda | cuda:N -> a concrete torch device
         self.options = options
 
     @classmethod
@@ -75,13 +78,16 @@ class TrainableGenerator(Generator):
         hyperparameters: dict[str, Any],
         seed: int = 0,
         resume_from: Path | None = None,
+        device: str = "cpu",
     ) -> dict[str, Any]:
-        """Fit on ``splits.train`` (validate on ``splits.val``), save everything needed to sample into
+        """Fit on ``splits.train`` (validate on ``splits.val``) on ``device`` (a resolved torch device: every
+        tensor is made there), save everything needed to sample into
         ``model_dir`` and checkpoints into ``model_dir / "checkpoints"`` as training goes; with
         ``resume_from`` (an earlier, possibly interrupted, ``model_dir``) continue from its last checkpoint.
 
         Returns ``{"training": {...}, "metrics": {...}}`` for the manifest (``training`` should hold
-        ``steps``, ``epochs``, ``resumed_from_step``, ``stopped_because``).
+        ``steps``, ``epochs``, ``resumed_from_step``, ``stopped_because`` and
+        :func:`battgen.devices.training_record`: ``device``, ``device_name``, ``precision``).
         """
 
 
@@ -103,34 +109,32 @@ def load_generator(name: str, **kwargs: Any) -> Generator:
 
 
 # --- battgen generate ---------------------------------------------------------------------------------
-_CONFIG_KEYS = {"generator", "input", "n", "conditions", "seed", "options", "output"}
 
 
 def run_generate_command(config: dict[str, Any], workdir: Path) -> dict[str, Any]:
     """``battgen generate``: config ``generator`` (name), ``input`` (seed batch file; optional for trained
     generators), ``n``, ``conditions``, ``seed``, optional ``options`` (generator constructor kwargs; ``model``
-    is a trained model directory relative to the working directory). Writes ``generated.jsonl.gz``."""
-    from battgen.cli import InvalidInputError  # the CLI imports this module lazily; avoid a cycle at import
+    is a trained model directory relative to the working directory), ``device`` (``auto | cpu | cuda |
+    cuda:N``, default auto; trained generators only). Writes ``generated.jsonl.gz``."""
+    from battgen.devices import validate_device_setting
+    from battgen.errors import InvalidInputError  # the CLI imports this module lazily; avoid a cycle at import
 
-    unknown = sorted(set(config) - _CONFIG_KEYS)
-    if unknown:
-        raise InvalidInputError(f"unknown config key(s) {unknown}; allowed: {sorted(_CONFIG_KEYS)}")
-    for key in ("generator", "n"):
-        if key not in config:
-            raise InvalidInputError(f"config needs {key!r}")
-    n, seed = config["n"], config.get("seed", 0)
-    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-        raise InvalidInputError(f"'n' must be a non-negative integer, got {n!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise InvalidInputError(f"'seed' must be an integer, got {seed!r}")
-    output = config.get("output", "generated.jsonl.gz")
+    from battgen.contracts.generate import GenerateSettings
+
+    checked = GenerateSettings.from_config(config)
+    n, seed, output = checked.n, checked.seed, checked.output
     try:
         options = dict(config.get("options") or {})
         if "model" in options:  # a trained model directory, relative to the working directory
             options["model"] = workdir / str(options["model"])
+        if "device" in config:
+            if "device" in options and options["device"] != config["device"]:
+                raise InvalidInputError(f"device given twice: `device: {config['device']}` and "
+                                        f"`options.device: {options['device']}`")
+            options["device"] = validate_device_setting(config["device"])
         generator = load_generator(str(config["generator"]), **options)
         # Trained generators sample without seeds; ``input`` then only feeds conditions such as infilling.
-        seeds = StructureBatch.read(workdir / config["input"]) if "input" in config else StructureBatch()
+        seeds = read_input_batch(workdir / config["input"]) if "input" in config else StructureBatch()
         generated = generator.generate(seeds, n, dict(config.get("conditions") or {}), seed)
     except (UnknownGeneratorError, BatchFormatError, ValueError, TypeError, OSError) as exc:
         raise InvalidInputError(str(exc)) from exc

@@ -26,6 +26,7 @@ from typing import Any
 from pymatgen.core import Composition, Element, Structure
 
 from battgen.batch import StructureBatch
+from battgen.contracts.ions import ion_charges
 
 SCALAR_CONDITIONS = (
     "formation_energy_per_atom_eV",
@@ -35,7 +36,8 @@ SCALAR_CONDITIONS = (
     "channel_radius_A",
 )
 ELEMENT_CONDITIONS = ("required_elements", "forbidden_elements")
-WORKING_ION_CHARGES = {"Li": 1, "Na": 1, "K": 1, "Mg": 2, "Ca": 2, "Zn": 2, "Al": 3}
+# Formal charges of the working ions from pymatgen (battgen.contracts.ions), not a table of our own.
+WORKING_ION_CHARGES = ion_charges()
 
 
 def gravimetric_capacity_mAh_per_g(composition: Composition, working_ion: str = "Li") -> float:

@@ -10,6 +10,7 @@ Config::
     hyperparameters: {...}                # merged over the generator's defaults; unknown keys are an error
     seed: 0                               # torch / numpy seed for training
     resume_from: earlier_model            # optional: continue from that directory's last checkpoint
+    device: auto                          # auto | cpu | cuda | cuda:N (battgen.devices); recorded in the manifest
 """
 
 from __future__ import annotations
@@ -17,12 +18,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from battgen.batch import BatchFormatError, StructureBatch
+from battgen.batch import BatchFormatError
+from battgen.sources.files import read_input_batch
+from battgen.devices import resolve_device
 from battgen.generate.base import TrainableGenerator, UnknownGeneratorError, registered_generators, ENTRY_POINT_PREFIX
 from battgen.generate.dataset import prepare_training_data
 from battgen.models import CHECKPOINT_DIRNAME, ModelFormatError, write_manifest
 
-_CONFIG_KEYS = {"generator", "train", "output", "filter", "split", "hyperparameters", "seed", "resume_from"}
 
 
 def trainable_generator_class(name: str) -> type[TrainableGenerator]:
@@ -53,7 +55,7 @@ def resolve_resume_dir(workdir: Path, value: Any) -> tuple[Path | None, str | No
     """``resume_from`` of a training config as a directory to continue from, and a note when there is
     nothing to continue (a run killed before its first checkpoint trains again from scratch).
     A path that is not a directory is invalid input."""
-    from battgen.cli import InvalidInputError
+    from battgen.errors import InvalidInputError
 
     if value is None:
         return None, None
@@ -66,22 +68,18 @@ def resolve_resume_dir(workdir: Path, value: Any) -> tuple[Path | None, str | No
 
 
 def run_train_generator_command(config: dict[str, Any], workdir: Path) -> dict[str, Any]:
-    from battgen.cli import InvalidInputError  # lazy: the CLI imports this module lazily
+    from battgen.errors import InvalidInputError  # lazy: the CLI imports this module lazily
 
-    unknown = sorted(set(config) - _CONFIG_KEYS)
-    if unknown:
-        raise InvalidInputError(f"unknown config key(s) {unknown}; allowed: {sorted(_CONFIG_KEYS)}")
-    for key in ("generator", "train"):
-        if key not in config:
-            raise InvalidInputError(f"config needs {key!r}")
+    from battgen.contracts.training import TrainGeneratorSettings
+
+    TrainGeneratorSettings.from_config(config)  # unknown keys, types (hyper-parameters: by the generator)
     seed = config.get("seed", 0)
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise InvalidInputError(f"'seed' must be an integer, got {seed!r}")
     split_config = dict(config.get("split") or {})
+    device = resolve_device(config.get("device") or "auto")  # before any work: `cuda` without CUDA is bad input
     try:
         generator_class = trainable_generator_class(str(config["generator"]))
         hyperparameters = merge_hyperparameters(generator_class.default_hyperparameters(), config.get("hyperparameters"))
-        batch = StructureBatch.read(workdir / config["train"])
+        batch = read_input_batch(workdir / config["train"])
         splits = prepare_training_data(
             batch, config.get("filter"), tuple(split_config.get("fractions", (0.6, 0.2, 0.2))),
             int(split_config.get("seed", 0)),
@@ -92,7 +90,8 @@ def run_train_generator_command(config: dict[str, Any], workdir: Path) -> dict[s
     model_dir = workdir / config.get("output", "model")
     model_dir.mkdir(parents=True, exist_ok=True)
     splits.write(model_dir)
-    result = generator_class.train(splits, model_dir, hyperparameters, seed=seed, resume_from=resume_from)
+    result = generator_class.train(splits, model_dir, hyperparameters, seed=seed, resume_from=resume_from,
+                                   device=device)
     training = {
         "source_sha256": splits.source_sha256,
         "split_seed": splits.seed,

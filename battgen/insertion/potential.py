@@ -27,13 +27,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pymatgen.core import Element, Structure
-from tqdm.auto import tqdm
-
+from pymatgen.core import Structure
+from battgen.contracts.insertion import (  # noqa: F401 - re-exported: the insertion file names
+    OUTPUT_BATCH, OUTPUT_FIGURE, OUTPUT_TABLE_CSV, OUTPUT_TABLE_JSON, InsertionSettings,
+)
+from battgen.contracts.ions import ion_charges
 from battgen.insertion.sites import SiteType, choose_sites, find_insertion_sites
+from battgen.progress import track
 
-# Charge z of each working ion (electrons transferred per inserted ion).
-ION_CHARGES = {"Li": 1, "Na": 1, "K": 1, "Mg": 2, "Ca": 2, "Zn": 2, "Al": 3}
+# Charge z of each working ion (electrons transferred per inserted ion): pymatgen's formal charges.
+ION_CHARGES = ion_charges()
 UNITS = {
     "voltage_V": "V", "insertion_energy_per_ion_eV": "eV/ion", "energy_host_eV": "eV",
     "energy_inserted_eV": "eV", "reference_energy_eV_per_atom": "eV/atom", "site_radius_A": "Å",
@@ -107,10 +110,11 @@ def reference_energy(ion: str, calculator: Any, supported: Any, settings: dict[s
     return float(record["energy_per_atom_eV"]), f"bulk {ion} ({info['source']}) relaxed with the same MLIP"
 
 
+# Relaxation and site settings with their defaults (declared, with units and ranges, in InsertionSettings).
 DEFAULT_SETTINGS: dict[str, Any] = {
-    "mlip": "chgnet", "model_path": None, "device": "cpu", "fmax": 0.05, "max_steps": 300,
-    "cell_filter": None, "optimizer": "FIRE", "supercell": [1, 1, 1], "max_site_types": 3, "sites_per_channel": 1,
-    "min_site_radius_A": 0.5, "min_distance_A": 1.6, "radii": "crystal", "mobile_ion": None,
+    key: InsertionSettings.defaults()[key] for key in (
+        "mlip", "model_path", "device", "fmax", "max_steps", "cell_filter", "optimizer", "supercell",
+        "max_site_types", "sites_per_channel", "min_site_radius_A", "min_distance_A", "radii", "mobile_ion")
 }
 
 
@@ -174,7 +178,8 @@ def insertion_potentials(
 
     jobs = [(ion, int(n), t) for ion in ions for n in n_ions for t in site_types if int(n) <= len(t.frac_coords)]
     results, structures = [], []
-    for ion, n, site_type in tqdm(jobs, desc="insertion", unit="relax", disable=not progress):
+    for ion, n, site_type in track(jobs, total=len(jobs), desc="insertion", unit="relax", disable=not progress,
+                                   label=lambda job: f"{job[1]} {job[0]} in channel {job[2].channel}"):
         inserted = insert_ions(relaxed_host, site_type, ion, n)
         relaxed, record = _relax(inserted, calculator, supported_elements, settings)
         e_ref, reference = references[ion]
@@ -267,47 +272,24 @@ def plot_insertion(rows: list[dict[str, Any]], path: str | Path, title: str = ""
     return path
 
 
-_CONFIG_KEYS = {"input", "ions", "n_ions", "reference_energies_eV_per_atom", "bader", "progress", *DEFAULT_SETTINGS}
 RESULT_COLUMNS = ("host", "ion", "n_ions", "channel", "site_type", "site_radius_A", "site_min_distance_A", "voltage_V",
                   "insertion_energy_per_ion_eV", "energy_host_eV", "energy_inserted_eV",
                   "reference_energy_eV_per_atom", "reference", "relax_status", "max_force_eV_per_A")
-OUTPUT_BATCH = "inserted.jsonl.gz"
-OUTPUT_TABLE_CSV = "insertion.csv"
-OUTPUT_TABLE_JSON = "insertion.json"
-OUTPUT_FIGURE = "insertion.png"
 
 
 def _validate(config: dict[str, Any]) -> dict[str, Any]:
-    unknown = sorted(set(config) - _CONFIG_KEYS)
-    if unknown:
-        raise ValueError(f"unknown config key(s) {unknown}; allowed: {sorted(_CONFIG_KEYS)}")
+    """Settings checked by :class:`~battgen.contracts.insertion.InsertionSettings`, ions and counts as lists."""
     if "input" not in config:
         raise ValueError("config needs 'input': the host structure file (batch .jsonl.gz, .extxyz or .cif)")
-    ions = config.get("ions") or ["Li"]
+    checked = InsertionSettings.from_config(config)
+    ions = checked.ions or ["Li"]
     ions = [ions] if isinstance(ions, str) else list(ions)
-    for ion in ions:
-        if ion not in ION_CHARGES:
-            raise ValueError(f"unknown working ion {ion!r}; known: {sorted(ION_CHARGES)}")
-    n_ions = config.get("n_ions") or [1]
+    n_ions = checked.n_ions or [1]
     n_ions = [n_ions] if isinstance(n_ions, int) else list(n_ions)
-    if any(not isinstance(n, int) or n < 1 for n in n_ions):
-        raise ValueError(f"n_ions must be positive integers, got {n_ions}")
-    references = config.get("reference_energies_eV_per_atom") or {}
-    if not isinstance(references, dict) or any(
-            not isinstance(v, int | float) or not math.isfinite(v) for v in references.values()):
+    references = checked.reference_energies_eV_per_atom or {}
+    if any(not math.isfinite(v) for v in references.values()):
         raise ValueError("reference_energies_eV_per_atom must map ion -> finite energy in eV/atom")
-    settings = {key: config.get(key, default) for key, default in DEFAULT_SETTINGS.items()}
-    if settings["cell_filter"] not in (None, "frechet", "exp"):
-        raise ValueError(f"cell_filter must be null, 'frechet' or 'exp', got {settings['cell_filter']!r}")
-    if not (isinstance(settings["supercell"], list) and len(settings["supercell"]) == 3
-            and all(isinstance(k, int) and k >= 1 for k in settings["supercell"])):
-        raise ValueError(f"supercell must be three positive integers, got {settings['supercell']!r}")
-    if not (isinstance(settings["fmax"], int | float) and settings["fmax"] > 0):
-        raise ValueError(f"fmax must be > 0 (eV/Å), got {settings['fmax']!r}")
-    if not (isinstance(settings["max_steps"], int) and settings["max_steps"] >= 0):
-        raise ValueError(f"max_steps must be an integer ≥ 0, got {settings['max_steps']!r}")
-    if settings["mobile_ion"] is not None and not Element.is_valid_symbol(str(settings["mobile_ion"])):
-        raise ValueError(f"mobile_ion {settings['mobile_ion']!r} is not an element symbol")
+    settings = {key: getattr(checked, key) for key in DEFAULT_SETTINGS}
     return {"ions": ions, "n_ions": n_ions, "references": references, "settings": settings}
 
 
@@ -321,7 +303,7 @@ def run_insertion_command(config: dict[str, Any], workdir: Path) -> dict[str, An
     """
     from battgen.batch import BatchFormatError, StructureBatch
     from battgen.channels.analysis import _read_input
-    from battgen.cli import InvalidInputError
+    from battgen.errors import InvalidInputError
     from battgen.report import write_csv
 
     try:

@@ -35,43 +35,24 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from scipy import constants as const
 
-from battgen.md.setup import ion_charge
-
-RESULTS_FILENAME = "diffusion_results.json"
-MSD_FILENAME = "msd.npz"
-MSD_FIGURE = "msd.png"
-ARRHENIUS_FIGURE = "arrhenius.png"
+from battgen.checkpoint import atomic_write_json, atomic_write_npz
+from battgen.contracts.ions import ion_charge
+from battgen.contracts.md import ARRHENIUS_FIGURE_FILENAME as ARRHENIUS_FIGURE
+from battgen.contracts.md import MSD_FIGURE_FILENAME as MSD_FIGURE
+from battgen.contracts.md import MSD_FILENAME, RESULTS_FILENAME, STATE_FILENAME, SUMMARY_FILENAME, DiffusionSettings
+from battgen.md.trajectory import load_frames
 K_B_EV_PER_K = const.k / const.e
 UNITS = {
     "diffusivity_cm2_per_s": "cm^2/s", "conductivity_mS_per_cm": "mS/cm", "activation_energy_eV": "eV",
     "temperature_K": "K", "time_ps": "ps", "msd_A2": "Å^2", "volume_A3": "Å^3",
 }
-DIFFUSION_DEFAULTS: dict[str, Any] = {
-    "trajectories": [],
-    "results": [],
-    "working_ion": None,
-    "charge": None,
-    "phase": "nvt",
-    "skip_time_ps": 0.0,
-    "smoothed": "max",
-    "uncertainty": "kinisi",
-    "n_blocks": 5,
-    "kinisi_samples": 1000,
-    "seed": 0,
-    "hop_distance_A": 1.5,
-    "hop_smoothing_fs": 100.0,
-    "min_hops": 10,
-    "min_msd_exponent": 0.7,
-    "extrapolate_to_K": 300.0,
-    "figures": True,
-}
+DIFFUSION_DEFAULTS: dict[str, Any] = DiffusionSettings.defaults()
 
 
 def nernst_einstein_conductivity_mS_per_cm(
@@ -396,45 +377,17 @@ def write_msd_file(path: Path, frames: dict[str, np.ndarray], sample_interval_fs
     arrays = {"time_ps": np.arange(len(positions)) * sample_interval_fs / 1000.0}
     for z in sorted(set(numbers.tolist())):
         arrays[f"msd_A2_{chemical_symbols[z]}"] = windowed_msd_A2(displacements[numbers == z])
-    tmp = Path(path).with_name(Path(path).name + ".tmp.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
+    atomic_write_npz(path, **arrays)
 
 
 def validate_diffusion_config(config: dict[str, Any]) -> dict[str, Any]:
-    from battgen.cli import InvalidInputError
-
-    unknown = sorted(set(config) - set(DIFFUSION_DEFAULTS))
-    if unknown:
-        raise InvalidInputError(f"unknown diffusion setting(s) {unknown}; allowed: {sorted(DIFFUSION_DEFAULTS)}")
-    settings = {**DIFFUSION_DEFAULTS, **config}
-    if not isinstance(settings["trajectories"], list) or not isinstance(settings["results"], list):
-        raise InvalidInputError("trajectories and results must be lists")
-    if not settings["trajectories"] and not settings["results"]:
-        raise InvalidInputError("give trajectories (battgen md work directories) and/or results")
-    if settings["trajectories"] and not settings["working_ion"]:
-        raise InvalidInputError("working_ion is required to analyse trajectories")
-    if settings["uncertainty"] not in ("kinisi", "block", "none"):
-        raise InvalidInputError(f"uncertainty must be kinisi, block or none, got {settings['uncertainty']!r}")
-    if settings["smoothed"] not in ("max", "constant", False, None):
-        raise InvalidInputError(f"smoothed must be max, constant or false, got {settings['smoothed']!r}")
-    for key in ("hop_distance_A", "hop_smoothing_fs", "extrapolate_to_K"):
-        value = settings[key]
-        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-            raise InvalidInputError(f"{key} must be a positive number, got {value!r}")
-    for key in ("n_blocks", "kinisi_samples", "min_hops"):
-        if isinstance(settings[key], bool) or not isinstance(settings[key], int) or settings[key] < 0:
-            raise InvalidInputError(f"{key} must be a non-negative integer, got {settings[key]!r}")
-    for entry in settings["results"]:
-        if not isinstance(entry, dict) or "temperature_K" not in entry or "diffusivity_cm2_per_s" not in entry:
-            raise InvalidInputError("each results entry needs temperature_K and diffusivity_cm2_per_s")
-    return settings
+    """Config with defaults filled in (:class:`~battgen.contracts.md.DiffusionSettings`)."""
+    return DiffusionSettings.settings_dict(config)
 
 
 def run_diffusion_command(config: dict[str, Any], workdir: Path) -> dict[str, Any]:
     """``battgen diffusion``: analyse ``battgen md`` runs and/or fit Arrhenius over several temperatures."""
-    from battgen.cli import InvalidInputError
-    from battgen.md.run import STATE_FILENAME, SUMMARY_FILENAME, load_frames
+    from battgen.errors import InvalidInputError
 
     settings = validate_diffusion_config(config)
     workdir = Path(workdir)
@@ -494,7 +447,5 @@ def run_diffusion_command(config: dict[str, Any], workdir: Path) -> dict[str, An
             plot_arrhenius(arrhenius, errors if all(e for e in errors) else None, workdir / ARRHENIUS_FIGURE)
             files["arrhenius_figure"] = ARRHENIUS_FIGURE
     output = {"runs": points, "arrhenius": arrhenius, "units": UNITS}
-    tmp = workdir / (RESULTS_FILENAME + ".tmp")
-    tmp.write_text(json.dumps(output, indent=1, default=float), encoding="utf-8")
-    os.replace(tmp, workdir / RESULTS_FILENAME)
+    atomic_write_json(workdir / RESULTS_FILENAME, output, default=float)
     return {"files": files, **output}

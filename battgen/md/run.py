@@ -68,56 +68,18 @@ from ase.md.langevin import Langevin
 from ase.md.nose_hoover_chain import NoseHooverChainNVT
 from ase.md.nptberendsen import Inhomogeneous_NPTBerendsen, NPTBerendsen
 from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
-from tqdm import tqdm
 
-STATE_FILENAME = "md_state.json"
-STATE_ARRAYS_FILENAME = "md_state.npz"
-SUMMARY_FILENAME = "md_summary.json"
-TRAJ_DIRNAME = "traj"
-DOWNSAMPLED_FILENAME = "trajectory.extxyz"
-MSD_FILENAME = "msd.npz"
-INITIAL_STRUCTURE_FILENAME = "md_initial_structure.json"
+from battgen.checkpoint import atomic_write_json, atomic_write_npz
+from battgen.contracts.md import (  # noqa: F401 - re-exported: the md file names and statuses
+    DEFAULT_TIMESTEP_FS, DOWNSAMPLED_FILENAME, HYDROGEN_TIMESTEP_FS, INITIAL_STRUCTURE_FILENAME, MAX_TEMPERATURE_K,
+    MD_STATUSES, MSD_FILENAME, NPT_BAROSTATS, NVT_CELLS, NVT_THERMOSTATS, SETUP_FILENAME, STATE_ARRAYS_FILENAME,
+    STATE_FILENAME, SUMMARY_FILENAME, TRAJ_DIRNAME, MdSettings,
+)
+from battgen.md.trajectory import chunk_path, list_chunks, load_frames, read_state, write_state  # noqa: F401
+from battgen.progress import Bar
 
-MD_STATUSES = ("completed", "unstable", "incomplete")
-NPT_BAROSTATS = ("inhomogeneous_berendsen", "berendsen")
-NVT_THERMOSTATS = ("nose_hoover_chain", "bussi", "langevin")
-NVT_CELLS = ("npt_average", "last")
-
-# No MLIP was trained on anything near this hot (seed 002 runs 600-1500 K): a typo such as 1e7.
-MAX_TEMPERATURE_K = 10_000.0
-MD_DEFAULTS: dict[str, Any] = {
-    "input": "structure.json",
-    "mlip": "chgnet",
-    "model_path": None,
-    "device": "cpu",
-    "temperature_K": 1200.0,
-    "timestep_fs": None,
-    "npt_time_ps": 10.0,
-    "nvt_time_ps": 50.0,
-    "pressure_GPa": 0.0,
-    "bulk_modulus_GPa": 50.0,
-    "taut_fs": 100.0,
-    "taup_fs": 1000.0,
-    "nhc_chain_length": 3,
-    "npt_barostat": "inhomogeneous_berendsen",
-    "nvt_thermostat": "nose_hoover_chain",
-    "nvt_cell": "npt_average",
-    "sample_every": 10,
-    "chunk_steps": 1000,
-    "seed": 0,
-    "max_temperature_factor": 3.0,
-    "max_wall_time_s": None,
-    "restart": True,
-    "supercell_min_atoms": None,
-    "working_ion": None,
-    "vacancy_fraction": None,
-    "vacancy_count": None,
-    "vacancy_seed": 0,
-    "downsampled_max_frames": 500,
-    "progress": True,
-}
-DEFAULT_TIMESTEP_FS = 2.0
-HYDROGEN_TIMESTEP_FS = 1.0
+# The settings (with units and ranges), file names and statuses are declared once, in battgen.contracts.md.
+MD_DEFAULTS: dict[str, Any] = MdSettings.defaults()
 UNITS = {
     "temperature_K": "K", "timestep_fs": "fs", "time_ps": "ps", "pressure_GPa": "GPa",
     "energy_drift_eV_per_atom_per_ps": "eV/atom/ps", "volume_A3": "Å^3", "steps_per_s": "1/s",
@@ -129,133 +91,10 @@ def default_timestep_fs(symbols: list[str] | set[str]) -> float:
     return HYDROGEN_TIMESTEP_FS if "H" in set(symbols) else DEFAULT_TIMESTEP_FS
 
 
-def _number(settings: dict[str, Any], key: str, *, positive: bool = True, allow_zero: bool = False) -> float:
-    from battgen.cli import InvalidInputError
-
-    value = settings[key]
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise InvalidInputError(f"{key} must be a number, got {value!r}")
-    if positive and not (value > 0 or (allow_zero and value == 0)):
-        raise InvalidInputError(f"{key} must be {'non-negative' if allow_zero else 'positive'}, got {value!r}")
-    return float(value)
-
-
-def _integer(settings: dict[str, Any], key: str, minimum: int = 1) -> int:
-    from battgen.cli import InvalidInputError
-
-    value = settings[key]
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise InvalidInputError(f"{key} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
-
-
 def validate_md_config(config: dict[str, Any]) -> dict[str, Any]:
-    """Config with defaults filled in; raises ``InvalidInputError`` naming the bad key."""
-    from battgen.cli import InvalidInputError
-
-    unknown = sorted(set(config) - set(MD_DEFAULTS))
-    if unknown:
-        raise InvalidInputError(f"unknown md setting(s) {unknown}; allowed: {sorted(MD_DEFAULTS)}")
-    settings = {**MD_DEFAULTS, **config}
-    for key in ("temperature_K", "taut_fs", "taup_fs", "bulk_modulus_GPa", "max_temperature_factor"):
-        settings[key] = _number(settings, key)
-    if settings["temperature_K"] > MAX_TEMPERATURE_K:
-        raise InvalidInputError(
-            f"temperature_K {settings['temperature_K']:g} K is above {MAX_TEMPERATURE_K:g} K, far outside any "
-            "MLIP's training data"
-        )
-    for key in ("npt_time_ps", "nvt_time_ps"):
-        settings[key] = _number(settings, key, allow_zero=True)
-    if settings["npt_time_ps"] + settings["nvt_time_ps"] <= 0:
-        raise InvalidInputError("npt_time_ps + nvt_time_ps must be positive")
-    settings["pressure_GPa"] = _number(settings, "pressure_GPa", positive=False)
-    if settings["timestep_fs"] is not None:
-        settings["timestep_fs"] = _number(settings, "timestep_fs")
-    if settings["max_wall_time_s"] is not None:
-        settings["max_wall_time_s"] = _number(settings, "max_wall_time_s")
-    for key in ("nhc_chain_length", "sample_every", "chunk_steps", "downsampled_max_frames"):
-        settings[key] = _integer(settings, key)
-    settings["seed"] = _integer(settings, "seed", minimum=0)
-    settings["vacancy_seed"] = _integer(settings, "vacancy_seed", minimum=0)
-    if settings["chunk_steps"] % settings["sample_every"]:
-        raise InvalidInputError(
-            f"chunk_steps ({settings['chunk_steps']}) must be a multiple of sample_every ({settings['sample_every']})"
-        )
-    for key, allowed in (("npt_barostat", NPT_BAROSTATS), ("nvt_thermostat", NVT_THERMOSTATS), ("nvt_cell", NVT_CELLS)):
-        if settings[key] not in allowed:
-            raise InvalidInputError(f"{key} must be one of {list(allowed)}, got {settings[key]!r}")
-    if settings["supercell_min_atoms"] is not None:
-        settings["supercell_min_atoms"] = _integer(settings, "supercell_min_atoms")
-    wants_vacancies = settings["vacancy_fraction"] is not None or settings["vacancy_count"] is not None
-    if wants_vacancies and not settings["working_ion"]:
-        raise InvalidInputError("vacancy_fraction / vacancy_count need working_ion")
-    if settings["vacancy_fraction"] is not None:
-        fraction = _number(settings, "vacancy_fraction", allow_zero=True)
-        if fraction >= 1:
-            raise InvalidInputError(f"vacancy_fraction must be in [0, 1), got {fraction}")
-        settings["vacancy_fraction"] = fraction
-    if settings["vacancy_count"] is not None:
-        settings["vacancy_count"] = _integer(settings, "vacancy_count", minimum=0)
-    return settings
-
-
-# --- state and chunk files ---------------------------------------------------------------------------
-def _atomic_write_bytes_npz(path: Path, **arrays: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
-
-
-def _atomic_write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def chunk_path(workdir: Path, index: int) -> Path:
-    return Path(workdir) / TRAJ_DIRNAME / f"chunk_{index:04d}.npz"
-
-
-def list_chunks(workdir: Path) -> list[Path]:
-    return sorted((Path(workdir) / TRAJ_DIRNAME).glob("chunk_[0-9][0-9][0-9][0-9].npz"))
-
-
-def read_state(workdir: Path) -> tuple[dict[str, Any], Atoms] | None:
-    """(state dict, atoms with positions/momenta/cell of the last complete chunk), or None without a state."""
-    workdir = Path(workdir)
-    if not (workdir / STATE_FILENAME).exists():
-        return None
-    state = json.loads((workdir / STATE_FILENAME).read_text(encoding="utf-8"))
-    arrays = np.load(workdir / STATE_ARRAYS_FILENAME)
-    atoms = Atoms(numbers=arrays["numbers"], positions=arrays["positions_A"], cell=arrays["cell_A"], pbc=arrays["pbc"])
-    atoms.set_momenta(arrays["momenta"])
-    return state, atoms
-
-
-def _write_state(workdir: Path, state: dict[str, Any], atoms: Atoms) -> None:
-    # Arrays first: a state JSON always refers to arrays at least as new as itself.
-    _atomic_write_bytes_npz(
-        Path(workdir) / STATE_ARRAYS_FILENAME, numbers=atoms.numbers, positions_A=atoms.get_positions(),
-        momenta=atoms.get_momenta(), cell_A=np.array(atoms.get_cell()), pbc=atoms.pbc,
-    )
-    _atomic_write_json(Path(workdir) / STATE_FILENAME, state)
-
-
-def load_frames(workdir: Path, phase: str | None = None) -> dict[str, np.ndarray]:
-    """All frames of the complete chunks (optionally of one phase), concatenated in time order."""
-    columns: dict[str, list[np.ndarray]] = {}
-    numbers = None
-    for path in list_chunks(workdir):
-        with np.load(path) as chunk:
-            keep = np.ones(len(chunk["step"]), dtype=bool) if phase is None else chunk["phase"] == phase
-            numbers = chunk["numbers"]
-            for key in chunk.files:
-                if key != "numbers":
-                    columns.setdefault(key, []).append(chunk[key][keep])
-    frames = {key: np.concatenate(values) for key, values in columns.items()}
-    if numbers is not None:
-        frames["numbers"] = numbers
-    return frames
+    """Config with defaults filled in (:class:`~battgen.contracts.md.MdSettings`); raises ``InvalidInputError``
+    naming the bad key and its allowed range."""
+    return MdSettings.settings_dict(config)
 
 
 # --- dynamics ----------------------------------------------------------------------------------------
@@ -379,7 +218,7 @@ def run_md(
         MaxwellBoltzmannDistribution(atoms, temperature_K=settings["temperature_K"], rng=rng)
         Stationary(atoms)
         state["rng"] = rng.bit_generator.state
-        _write_state(workdir, state, atoms)  # the restart point if the very first chunk fails
+        write_state(workdir, state, atoms)  # the restart point if the very first chunk fails
     else:
         state, atoms = previous
         # Chunks written after the last state (a kill between chunk and state) are not part of the run.
@@ -400,7 +239,7 @@ def run_md(
     timestep_fs = state["timestep_fs"]
     sample_ratio = state["sample_interval_fs"] / timestep_fs
     if abs(sample_ratio - round(sample_ratio)) > 1e-9:
-        from battgen.cli import InvalidInputError
+        from battgen.errors import InvalidInputError
 
         raise InvalidInputError(
             f"timestep_fs {timestep_fs} does not divide the sampling interval {state['sample_interval_fs']} fs"
@@ -415,8 +254,8 @@ def run_md(
         int(round((plan[p] - (state["phase_time_fs"] if p == state["phase"] else 0.0)) / timestep_fs))
         for p in phases[phases.index(state["phase"]):]
     ) if state["status"] == "running" else state["step"]
-    bar = tqdm(total=total_steps, initial=state["step"], desc=f"md {settings['temperature_K']:g} K", unit="step",
-               disable=not settings["progress"])
+    bar = Bar(total=total_steps, initial=state["step"], desc=f"md {settings['temperature_K']:g} K", unit="step",
+              disable=not settings["progress"])
     chunks_this_call = 0
     try:
         while state["status"] == "running":
@@ -426,14 +265,14 @@ def run_md(
                 nxt = phases.index(phase) + 1
                 if nxt == len(phases):
                     state["status"] = "completed"
-                    _write_state(workdir, state, atoms)
+                    write_state(workdir, state, atoms)
                     break
                 state.update(phase=phases[nxt], phase_time_fs=0.0, thermostat={})
                 if phase == "npt" and settings["nvt_cell"] == "npt_average":
                     mean_cell = _average_npt_cell(workdir)
                     if mean_cell is not None:
                         atoms.set_cell(mean_cell, scale_atoms=True)
-                _write_state(workdir, state, atoms)
+                write_state(workdir, state, atoms)
                 continue
 
             n_steps = min(chunk_steps, remaining)
@@ -465,7 +304,7 @@ def run_md(
                         if state["phase_time_fs"] == 0.0:  # the time origin of the phase
                             record(0)
                         continue
-                    bar.update(1)
+                    bar.update(1, current=f"{phase} phase")
                     if done % sample_every == 0 or done == n_steps:
                         record(done)
             except (ValueError, RuntimeError, FloatingPointError, IndexError) as exc:
@@ -474,10 +313,10 @@ def run_md(
                 # Keep the last complete chunk as the restart point; this chunk's frames are discarded.
                 # Only the JSON changes: md_state.npz still holds the atoms of the last complete chunk.
                 state.update(status="unstable", unstable_reason=problem, unstable_at_step=state["step"] + done)
-                _atomic_write_json(workdir / STATE_FILENAME, state)
+                atomic_write_json(workdir / STATE_FILENAME, state)
                 break
 
-            _atomic_write_bytes_npz(
+            atomic_write_npz(
                 chunk_path(workdir, state["next_chunk"]), numbers=atoms.numbers,
                 phase=np.array([phase] * len(rows["step"])),
                 **{key: np.asarray(values) for key, values in rows.items()},
@@ -487,12 +326,12 @@ def run_md(
             state["next_chunk"] += 1
             state["thermostat"] = _thermostat_state(dyn)
             state["rng"] = rng.bit_generator.state
-            _write_state(workdir, state, atoms)
+            write_state(workdir, state, atoms)
             chunks_this_call += 1
             out_of_time = settings["max_wall_time_s"] and time.perf_counter() - started > settings["max_wall_time_s"]
             if out_of_time or (stop_after_chunks is not None and chunks_this_call >= stop_after_chunks):
                 state["status"] = "incomplete"
-                _write_state(workdir, state, atoms)
+                write_state(workdir, state, atoms)
     finally:
         bar.close()
     state = json.loads((workdir / STATE_FILENAME).read_text(encoding="utf-8"))
@@ -569,17 +408,26 @@ def write_downsampled_trajectory(workdir: Path, max_frames: int) -> int:
 def _prepare_structure(settings: dict[str, Any], workdir: Path) -> tuple[Any, dict[str, Any]]:
     from pymatgen.core import Structure
 
-    from battgen.cli import InvalidInputError
+    from battgen.errors import InvalidInputError
     from battgen.md.setup import make_supercell, remove_working_ions
 
     path = workdir / settings["input"]
     if not path.exists():
         raise InvalidInputError(f"input structure {settings['input']} not found in {workdir}")
+    from battgen.batch import BatchFormatError
+    from battgen.sources.files import read_input_batch, structure_problem
+
     try:
         structure = Structure.from_file(path)
-    except Exception as exc:  # noqa: BLE001 - any parse failure is an input problem
-        raise InvalidInputError(f"cannot read {settings['input']}: {exc}") from exc
-    from battgen.sources.files import structure_problem
+    except Exception as exc:  # noqa: BLE001 - not a single-structure file: a batch or any source, one row
+        try:
+            batch = read_input_batch(path)
+        except BatchFormatError:
+            raise InvalidInputError(f"cannot read {settings['input']}: {exc}") from exc
+        if len(batch) != 1:
+            raise InvalidInputError(f"{settings['input']} holds {len(batch)} structures; MD runs one: give a file "
+                                    "with a single structure") from None
+        structure = batch.structures[0]
 
     problem = structure_problem(structure)
     if problem:  # MD of stacked atoms only "finds" a temperature runaway; say what is wrong instead
@@ -611,7 +459,7 @@ def run_md_command(config: dict[str, Any], workdir: Path, calculator: Any = None
     """
     from pymatgen.io.ase import AseAtomsAdaptor
 
-    from battgen.cli import InvalidInputError
+    from battgen.errors import InvalidInputError
     from battgen.md.analysis import write_msd_file
     from battgen.mlip.relax import load_relax_mlip
 
@@ -622,7 +470,7 @@ def run_md_command(config: dict[str, Any], workdir: Path, calculator: Any = None
         from pymatgen.core import Structure
 
         structure = Structure.from_file(workdir / INITIAL_STRUCTURE_FILENAME)
-        setup = json.loads((workdir / "md_setup.json").read_text(encoding="utf-8"))
+        setup = json.loads((workdir / SETUP_FILENAME).read_text(encoding="utf-8"))
     else:
         structure, setup = _prepare_structure(settings, workdir)
 
@@ -640,7 +488,7 @@ def run_md_command(config: dict[str, Any], workdir: Path, calculator: Any = None
     if not resuming or not (workdir / INITIAL_STRUCTURE_FILENAME).exists():
         # Written only once the input is known to be usable: invalid input leaves just the summary.
         structure.to(filename=str(workdir / INITIAL_STRUCTURE_FILENAME))
-        _atomic_write_json(workdir / "md_setup.json", setup)
+        atomic_write_json(workdir / SETUP_FILENAME, setup)
 
     atoms = AseAtomsAdaptor.get_atoms(structure)
     started = time.perf_counter()
@@ -661,5 +509,5 @@ def run_md_command(config: dict[str, Any], workdir: Path, calculator: Any = None
         nvt = load_frames(workdir, phase="nvt" if "nvt" in dict(_phase_plan(settings)) else "npt")
         write_msd_file(workdir / MSD_FILENAME, nvt)
         files["msd"] = MSD_FILENAME
-    _atomic_write_json(workdir / SUMMARY_FILENAME, summary)
+    atomic_write_json(workdir / SUMMARY_FILENAME, summary)
     return {"files": files, "md_summary": summary, "downsampled_frames": n_frames, "units": UNITS}

@@ -25,7 +25,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
-from pymatgen.core import Element, Structure
+from pymatgen.core import Structure
+
+from battgen.contracts.ions import ion_charge  # noqa: F401 - re-exported (the formal charge from pymatgen)
 
 DEFAULT_MIN_ATOMS = 512
 DEFAULT_VACANCY_FRACTION = 0.2
@@ -143,15 +145,6 @@ class VacancyRecord:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def ion_charge(ion: str) -> int:
-    """Formal charge Z of a working ion (its most common positive oxidation state: Li 1, Mg 2, Al 3)."""
-    element = Element(ion)
-    positive = [state for state in element.common_oxidation_states if state > 0]
-    if not positive:
-        raise ValueError(f"{ion} has no common positive oxidation state")
-    return int(max(positive))
 
 
 def remove_working_ions(

@@ -20,7 +20,8 @@ from typing import Any
 
 from pymatgen.core import Element
 
-MLIP_ENTRY_POINT_GROUP = "battgen.mlips"
+from battgen.contracts.mlip import MLIP_ENTRY_POINT_GROUP
+
 DEFAULT_CHGNET_MODEL = "0.3.0"
 DEFAULT_SEVENNET_MODEL = "7net-0"
 DEFAULT_M3GNET_MODEL = "M3GNet-MP-2021.2.8-PES"

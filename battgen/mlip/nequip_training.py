@@ -20,11 +20,16 @@ Config::
     output: model                                 # the model directory (default "model")
     seed: 0                                       # NequIP's seed (weights init, shuffling)
     resume_from: earlier_model                    # continue that directory's checkpoints/last.ckpt
+    device: auto                                  # auto | cpu | cuda | cuda:N: Lightning's accelerator, and
+                                                  # the device the model is AOTInductor-compiled for
 
 Model directory: ``model.nequip.pt2`` (compiled, when ``compile``), ``nequip_config.yaml`` (the Hydra
 config that trained it), ``battgen-model.yaml`` (kind ``potential``, architecture ``nequip``, training
 frames sha256, validation MAEs in meV/atom and meV/Å) and ``checkpoints/`` (``best.ckpt``,
-``last.ckpt``; not hashed). The training frames (``frames.extxyz``, energies eV, forces eV/Å, stress
+``last.ckpt``; not hashed). AOTInductor compiles for one device: the manifest records it
+(``compiled_for_device``) and :func:`load_nequip` refuses another (a CUDA-compiled model does not run on a
+CPU; recompile with :func:`compile_model_directory`). Precision is NequIP's own ``model_dtype`` (float32 by
+default; no autocast). The training frames (``frames.extxyz``, energies eV, forces eV/Å, stress
 eV/Å³) and NequIP's logs stay in ``<output>.run/`` beside the model, referenced by hash only.
 """
 
@@ -43,6 +48,7 @@ from typing import Any
 
 import yaml
 
+from battgen.devices import training_record
 from battgen.mlip.calculators import MlipInfo, sha256_of_file
 from battgen.mlip.frames import (
     FRAME_SELECTIONS,
@@ -93,10 +99,6 @@ DEFAULT_HYPERPARAMETERS: dict[str, Any] = {
 # crystals stay well below; the chgnet NbOC fixture's blown-up step 1 has 16657 eV/Å).
 DEFAULT_MAX_FORCE_EV_A = 100.0
 
-_CONFIG_KEYS = {
-    "frames", "frame_selection", "every_n", "max_force_eV_A", "split", "hyperparameters", "compile", "initial_model",
-    "output", "seed", "resume_from",
-}
 _SPLIT_KEYS = {"val_fraction", "seed"}
 
 
@@ -148,12 +150,14 @@ def build_nequip_config(
     seed: int = 0,
     split_seed: int = 0,
     initial_model: Path | None = None,
+    device: str = "cpu",
 ) -> dict[str, Any]:
-    """The Hydra config ``nequip-train`` reads (NequIP 0.19 keys); paths are made absolute."""
+    """The Hydra config ``nequip-train`` reads (NequIP 0.19 keys); paths are made absolute. ``device`` (a
+    resolved torch device) becomes Lightning's accelerator: ``cpu``, or ``gpu`` on CUDA device N."""
     batch = int(hyperparameters["batch_size"])
     trainer: dict[str, Any] = {
         "_target_": "lightning.Trainer",
-        "accelerator": "cpu",
+        **lightning_accelerator(device),
         "max_epochs": int(hyperparameters["max_epochs"]),
         "check_val_every_n_epoch": 1,
         "log_every_n_steps": 1,
@@ -253,6 +257,20 @@ def build_nequip_config(
     }
 
 
+def lightning_accelerator(device: str) -> dict[str, Any]:
+    """Lightning Trainer settings of a resolved torch device: ``cuda:2`` -> ``gpu`` on devices ``[2]``."""
+    if device.startswith("cuda"):
+        return {"accelerator": "gpu", "devices": [int(device.split(":")[1]) if ":" in device else 0]}
+    if device != "cpu":
+        raise ValueError(f"NequIP trains on cpu or cuda[:N], got device {device!r}")
+    return {"accelerator": "cpu"}
+
+
+def _compile_device(device: str) -> str:
+    """``nequip-compile --device`` of a torch device (AOTInductor compiles for one device kind)."""
+    return "cuda" if device.startswith("cuda") else "cpu"
+
+
 # --- running NequIP -------------------------------------------------------------------------------
 def _nequip_script(name: str) -> str:
     candidate = Path(sys.executable).parent / name
@@ -311,8 +329,9 @@ def run_nequip_train(config: dict[str, Any], run_dir: Path, resume_checkpoint: P
         bar.close()
 
 
-def compile_nequip_model(checkpoint: Path, output: Path, log_dir: Path | None = None) -> float:
-    """``nequip-compile --mode aotinductor --target ase`` a checkpoint for CPU (needs gcc); returns seconds.
+def compile_nequip_model(checkpoint: Path, output: Path, log_dir: Path | None = None, device: str = "cpu") -> float:
+    """``nequip-compile --mode aotinductor --target ase`` a checkpoint for ``device`` (cpu needs gcc, cuda
+    a CUDA machine); returns seconds.
 
     TorchScript is not an option: nequip 0.19 rejects ``--mode torchscript`` on torch >= 2.10.
     """
@@ -323,7 +342,7 @@ def compile_nequip_model(checkpoint: Path, output: Path, log_dir: Path | None = 
     log_dir.mkdir(parents=True, exist_ok=True)
     command = [
         _nequip_script("nequip-compile"), str(Path(checkpoint).resolve()), str(output),
-        "--mode", "aotinductor", "--device", "cpu", "--target", "ase",
+        "--mode", "aotinductor", "--device", _compile_device(device), "--target", "ase",
     ]
     return _run_logged(command, log_dir, log_dir / COMPILE_LOG_FILENAME, "nequip-compile")
 
@@ -351,25 +370,30 @@ def validation_metrics(log_dir: Path) -> dict[str, Any]:
     }
 
 
-def compile_model_directory(model_dir: Path) -> dict[str, Any]:
-    """Compile a trained model directory's best checkpoint into it and rewrite its manifest."""
+def compile_model_directory(model_dir: Path, device: str = "cpu") -> dict[str, Any]:
+    """Compile a trained model directory's best checkpoint into it for ``device`` and rewrite its manifest."""
     model_dir = Path(model_dir)
     manifest = read_manifest(model_dir, architecture=ARCHITECTURE)
     checkpoint = model_dir / CHECKPOINT_DIRNAME / BEST_CHECKPOINT
     if not checkpoint.is_file():
         raise FileNotFoundError(f"{checkpoint} does not exist: nothing to compile")
     seconds = compile_nequip_model(checkpoint, model_dir / COMPILED_MODEL_FILENAME, model_dir.parent /
-                                   f"{model_dir.name}.run")
-    training = {**manifest["training"], "compiled_model": COMPILED_MODEL_FILENAME, "compile_time_s": round(seconds, 1)}
+                                   f"{model_dir.name}.run", device)
+    training = {**manifest["training"], "compiled_model": COMPILED_MODEL_FILENAME, "compile_time_s": round(seconds, 1),
+                "compiled_for_device": _compile_device(device)}
     return write_manifest(model_dir, "potential", ARCHITECTURE, manifest["hyperparameters"], training,
                           manifest["metrics"])
 
 
 # --- loading --------------------------------------------------------------------------------------
-def _compiled_model_path(model_path: str | Path) -> Path:
+def _compiled_model_path(model_path: str | Path, device: str = "cpu") -> Path:
     path = Path(model_path).expanduser().resolve()
     if path.is_dir():
-        read_manifest(path, architecture=ARCHITECTURE)
+        manifest = read_manifest(path, architecture=ARCHITECTURE)
+        compiled_for = manifest["training"].get("compiled_for_device", "cpu")  # older models: CPU-compiled
+        if path.joinpath(COMPILED_MODEL_FILENAME).is_file() and compiled_for != _compile_device(device):
+            raise ValueError(f"{path} is AOTInductor-compiled for {compiled_for}, not for {device}: recompile it "
+                             f"(battgen.mlip.nequip_training.compile_model_directory(model, device={device!r}))")
         path = path / COMPILED_MODEL_FILENAME
     if not path.is_file():
         raise FileNotFoundError(f"no compiled NequIP model at {path} (train with compile: true, or compile it)")
@@ -381,7 +405,7 @@ def load_nequip(model_path: str | Path, device: str = "cpu") -> tuple[Any, MlipI
     from nequip.data.transforms import ChemicalSpeciesToAtomTypeMapper
     from nequip.integrations.ase import NequIPCalculator  # nequip.ase.NequIPCalculator is deprecated in 0.19
 
-    path = _compiled_model_path(model_path)
+    path = _compiled_model_path(model_path, device)
     # Our type names are the element symbols (the training config's chemical_species): identity map.
     calculator = NequIPCalculator.from_compiled_model(str(path), device=device,
                                                       chemical_species_to_atom_type_map=True)
@@ -448,7 +472,7 @@ def _int_key(config: dict[str, Any], key: str, default: int) -> int:
 
 def _resume_checkpoint(config: dict[str, Any], workdir: Path) -> tuple[Path | None, str | None]:
     """The ``last.ckpt`` to continue from (absolute) and a note when there is none to continue."""
-    from battgen.cli import InvalidInputError
+    from battgen.errors import InvalidInputError
 
     if config.get("resume_from") is None:
         return None, None
@@ -463,12 +487,15 @@ def _resume_checkpoint(config: dict[str, Any], workdir: Path) -> tuple[Path | No
 
 
 def run_train_potential_command(config: dict[str, Any], workdir: Path) -> dict[str, Any]:
-    from battgen.cli import InvalidInputError  # lazy: the CLI imports this module lazily
+    from battgen.errors import InvalidInputError  # lazy: the CLI imports this module lazily
 
     workdir = Path(workdir)
-    unknown = sorted(set(config) - _CONFIG_KEYS)
-    if unknown:
-        raise InvalidInputError(f"unknown config key(s) {unknown}; allowed: {sorted(_CONFIG_KEYS)}")
+    from battgen.contracts.training import TrainPotentialSettings
+
+    if config.get("frames"):  # without frames: the message below says what is needed
+        TrainPotentialSettings.from_config(config)  # unknown keys and types; the values are checked below
+    elif set(config) - set(TrainPotentialSettings.model_fields):
+        TrainPotentialSettings.from_config({**config, "frames": ["-"]})
     sources = config.get("frames")
     if isinstance(sources, str):
         sources = [sources]
@@ -476,6 +503,9 @@ def run_train_potential_command(config: dict[str, Any], workdir: Path) -> dict[s
         raise InvalidInputError("config needs 'frames': a list of frame files (vasprun, extxyz, mlearn json ...)")
     selection = config.get("frame_selection", "seed002")
     split = dict(config.get("split") or {})
+    from battgen.devices import resolve_device
+
+    device = resolve_device(config.get("device", "auto"))  # before any work: `cuda` without CUDA is bad input
     try:
         if selection not in FRAME_SELECTIONS:
             raise ValueError(f"frame_selection must be one of {FRAME_SELECTIONS}, got {selection!r}")
@@ -535,7 +565,7 @@ def run_train_potential_command(config: dict[str, Any], workdir: Path) -> dict[s
     species = chemical_species(frames)
     nequip_config = build_nequip_config(
         hyperparameters, run_dir / FRAMES_FILENAME, species, n_train, n_val, checkpoint_dir, run_dir / "logs",
-        seed=seed, split_seed=split_seed, initial_model=initial_model,
+        seed=seed, split_seed=split_seed, initial_model=initial_model, device=device,
     )
     train_time_s = run_nequip_train(nequip_config, run_dir, resume_checkpoint)
     shutil.copy2(run_dir / CONFIG_FILENAME, model_dir / CONFIG_FILENAME)
@@ -559,6 +589,7 @@ def run_train_potential_command(config: dict[str, Any], workdir: Path) -> dict[s
         "train_time_s": round(train_time_s, 1),
         "nequip_version": metadata.version("nequip"),
         "torch_version": metadata.version("torch"),
+        **training_record(device, str(hyperparameters["model_dtype"])),
         **({"resumed_from": str(config["resume_from"])} if resume_checkpoint is not None else {}),
         **({"resume_note": resume_note} if resume_note else {}),
         **({"initial_model": str(config["initial_model"]), "initial_model_sha256": sha256_of_file(initial_model)}
@@ -566,8 +597,9 @@ def run_train_potential_command(config: dict[str, Any], workdir: Path) -> dict[s
     }
     if compile_model:
         compile_time_s = compile_nequip_model(checkpoint_dir / BEST_CHECKPOINT, model_dir / COMPILED_MODEL_FILENAME,
-                                              run_dir)
-        training.update(compiled_model=COMPILED_MODEL_FILENAME, compile_time_s=round(compile_time_s, 1))
+                                              run_dir, device)
+        training.update(compiled_model=COMPILED_MODEL_FILENAME, compile_time_s=round(compile_time_s, 1),
+                        compiled_for_device=_compile_device(device))
     manifest = write_manifest(model_dir, "potential", ARCHITECTURE, hyperparameters, training, metrics)
     return {
         "model": model_dir.relative_to(workdir).as_posix(),

@@ -15,82 +15,44 @@ its metadata as ``relax_status``:
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from ase.filters import ExpCellFilter, FrechetCellFilter
 from ase.optimize import BFGS, FIRE, LBFGS
 from pymatgen.core import Structure
 from pymatgen.io.ase import AseAtomsAdaptor
-from tqdm import tqdm
-
 from battgen.batch import BatchFormatError, StructureBatch
-from battgen.cli import InvalidInputError
+from battgen.checkpoint import atomic_write_text
+from battgen.columns import RELAX_COLUMNS
+from battgen.contracts.relax import (CHECKPOINT_FILENAME, INPUT_FILENAME, OUTPUT_FILENAME, RECORDS_FILENAME,  # noqa: F401
+                                     RELAX_STATUSES, RelaxSettings)
+from battgen.errors import InvalidInputError
 from battgen.mlip.calculators import MlipInfo, load_mlip, mlip_entry_point_name
+# Shared with the batched engine (battgen.mlip.batched), which must not import this module.
+from battgen.mlip.relax_rows import (EXPLODED_MAX_FORCE_EV_PER_A, EXPLODED_VOLUME_FACTOR,  # noqa: F401
+                                     _append_checkpoint, _explosion_reason, _max_force, read_relax_checkpoint,
+                                     write_relax_checkpoint)
+from battgen.sources.files import read_input_batch
+from battgen.progress import track
 
-RELAX_STATUSES = ("converged", "not_converged", "exploded", "unsupported_element")
 CELL_FILTERS = {"frechet": FrechetCellFilter, "exp": ExpCellFilter, None: None}
 OPTIMIZERS = {"FIRE": FIRE, "BFGS": BFGS, "LBFGS": LBFGS}
-# Beyond these a relaxation has left physics: stop it and keep the starting structure.
-EXPLODED_MAX_FORCE_EV_PER_A = 1.0e3
-EXPLODED_VOLUME_FACTOR = 3.0
-
-INPUT_FILENAME = "structures.jsonl.gz"
-OUTPUT_FILENAME = "relaxed.jsonl.gz"
-RECORDS_FILENAME = "relax_records.json"
-# One JSON line per finished row, appended as rows finish: a job killed at the walltime (or on a dead
-# node) is continued from it by a new job that finds it in its working directory.
-CHECKPOINT_FILENAME = "relax_checkpoint.jsonl"
 # Settings that change a row's result: a checkpoint written with other values is not continued.
 CHECKPOINT_SETTINGS = ("mlip", "model_path", "fmax", "max_steps", "cell_filter", "optimizer", "maxstep")
 # Columns added to each row, with their units in their names (converged is a bool, volume_change a ratio).
-RELAX_COLUMNS = (
-    "energy_eV", "energy_per_atom_eV", "max_force_eV_per_A", "n_steps", "converged", "relax_status",
-    "volume_change", "relax_message",
-)
 UNITS = {
     "energy_eV": "eV", "energy_per_atom_eV": "eV/atom", "max_force_eV_per_A": "eV/Å", "fmax": "eV/Å",
     "maxstep": "Å", "volume_change": "V_final/V_initial", "wall_time_s": "s",
 }
-# Settings of ``battgen relax`` with their defaults (``input`` is the batch file in the working directory).
-RELAX_DEFAULTS: dict[str, Any] = {
-    "input": INPUT_FILENAME,
-    "mlip": "chgnet",
-    "fmax": 0.05,
-    "max_steps": 500,
-    "cell_filter": "frechet",
-    "optimizer": "FIRE",
-    "maxstep": 0.2,
-    "model_path": None,
-    "device": "cpu",
-    "progress": True,
-    "checkpoint": True,
-    # A checkpoint of an interrupted job to continue from (relative to the workdir; may be missing: then
-    # nothing had finished). The AiiDA CalcJob links the parent's work directory as ``parent/``.
-    "resume_from": None,
-}
+# Settings of ``battgen relax`` with their defaults: declared once, in battgen.contracts.relax.RelaxSettings
+# (``resume_from``: a checkpoint of an interrupted job; the AiiDA CalcJob links the parent's workdir as ``parent/``).
+RELAX_DEFAULTS: dict[str, Any] = RelaxSettings.defaults()
 # Which loader argument receives ``model_path`` for each MLIP.
 _MODEL_PATH_ARGUMENT = {"battgen.chgnet": "model_path", "battgen.sevennet": "model", "battgen.m3gnet": "model"}
-
-
-def _max_force(forces: np.ndarray) -> float:
-    return float(np.linalg.norm(forces, axis=1).max()) if len(forces) else 0.0
-
-
-def _explosion_reason(energy: float, forces: np.ndarray, volume_ratio: float,
-                      max_volume_factor: float = EXPLODED_VOLUME_FACTOR) -> str | None:
-    if not math.isfinite(energy) or not np.all(np.isfinite(forces)):
-        return "non-finite energy or forces"
-    if _max_force(forces) > EXPLODED_MAX_FORCE_EV_PER_A:
-        return f"max force {_max_force(forces):.3g} eV/Å above {EXPLODED_MAX_FORCE_EV_PER_A:g} eV/Å"
-    if not (1.0 / max_volume_factor <= volume_ratio <= max_volume_factor):
-        return f"volume changed by a factor {volume_ratio:.3g} (limit ×{max_volume_factor:g} / ÷{max_volume_factor:g})"
-    return None
 
 
 def load_relax_mlip(mlip: str = "chgnet", model_path: str | None = None, device: str = "cpu") -> tuple[Any, MlipInfo]:
@@ -193,6 +155,9 @@ def relax_batch(
     supported_elements: set[str] | None = None,
     checkpoint: Path | None = None,
     checkpoint_settings: dict[str, Any] | None = None,
+    engine: str = "ase",
+    batch_max_atoms: int | None = None,
+    engine_report: dict[str, Any] | None = None,
 ) -> tuple[StructureBatch, list[dict[str, Any]]]:
     """Relax every row of ``batch`` with one MLIP calculator.
 
@@ -201,7 +166,9 @@ def relax_batch(
     cached per process, see :func:`load_relax_mlip`); pass ``calculator`` (with ``supported_elements``)
     to use an already loaded ASE calculator instead, e.g. a cheap one in tests. With ``checkpoint`` (a
     JSON-lines file) every finished row is appended to it, and rows already in it are taken from it
-    instead of being relaxed again (see :func:`read_relax_checkpoint`).
+    instead of being relaxed again (see :func:`read_relax_checkpoint`). ``engine="batched"`` relaxes the
+    rows in flight together (:mod:`battgen.mlip.batched`) where the potential and settings allow it and
+    falls back to this loop otherwise; ``engine_report`` (a dict) receives which engine ran and its stats.
     """
     if cell_filter not in CELL_FILTERS:
         raise ValueError(f"cell_filter must be one of {list(CELL_FILTERS)}, got {cell_filter!r}")
@@ -211,10 +178,23 @@ def relax_batch(
     if calculator is None:
         calculator, info = load_relax_mlip(mlip, model_path=model_path, device=device)
         supported = info.supported_elements
+    if engine == "batched":
+        from battgen.mlip.batched import try_relax_batched
+
+        result = try_relax_batched(
+            batch, calculator, supported_elements=supported, fmax=fmax, max_steps=max_steps, cell_filter=cell_filter,
+            optimizer=optimizer, maxstep=maxstep, device=device, max_atoms=batch_max_atoms, progress=progress,
+            checkpoint=checkpoint, checkpoint_settings=checkpoint_settings, report=engine_report, desc=f"relax ({mlip})",
+        )
+        if result is not None:
+            return result
+    elif engine_report is not None:
+        engine_report["engine"] = "ase"
 
     done = read_relax_checkpoint(checkpoint, checkpoint_settings) if checkpoint is not None else {}
     structures, meta, records = [], [], []
-    rows = tqdm(batch, total=len(batch), desc=f"relax ({mlip})", unit="struct", disable=not progress)
+    rows = track(batch, total=len(batch), desc=f"relax ({mlip})", unit="struct", disable=not progress,
+                 label=lambda item: f"{item[0]['row_id']} ({item[1].composition.reduced_formula})")
     for row_meta, structure in rows:
         if row_meta["row_id"] in done:  # finished by an earlier, interrupted job
             relaxed, row, record = done[row_meta["row_id"]]
@@ -240,94 +220,16 @@ def relax_batch(
     return StructureBatch(structures, meta), records
 
 
-def _checkpoint_line(structure: Structure, row: dict[str, Any], record: dict[str, Any]) -> str:
-    return json.dumps({"row": row, "record": record, "structure": structure.as_dict()}, default=str)
-
-
-def _append_checkpoint(path: Path, settings: dict[str, Any] | None, structure: Structure, row: dict[str, Any],
-                       record: dict[str, Any]) -> None:
-    """Append one finished row (flushed and synced: the job may be killed right after)."""
-    lines = []
-    if not path.exists() or path.stat().st_size == 0:
-        lines.append(json.dumps({"checkpoint_settings": settings or {}}))
-    lines.append(_checkpoint_line(structure, row, record))
-    with open(path, "a", encoding="utf-8") as handle:
-        handle.write("\n".join(lines) + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-
-
-def write_relax_checkpoint(path: Path, settings: dict[str, Any] | None,
-                           done: dict[str, tuple[Structure, dict[str, Any], dict[str, Any]]]) -> None:
-    """Write a clean checkpoint holding ``done`` (drops a torn last line before new rows are appended)."""
-    lines = [json.dumps({"checkpoint_settings": settings or {}})]
-    lines += [_checkpoint_line(structure, row, record) for structure, row, record in done.values()]
-    _atomic_write_text(Path(path), "\n".join(lines) + "\n")
-
-
-def read_relax_checkpoint(path: Path, settings: dict[str, Any] | None = None
-                          ) -> dict[str, tuple[Structure, dict[str, Any], dict[str, Any]]]:
-    """Rows finished by an earlier job: ``{row_id: (relaxed structure, row metadata, record)}``.
-
-    A missing file means nothing was finished. A torn last line (the job was killed while writing it) is
-    ignored. Raises ``ValueError`` when the checkpoint was written with other result-changing settings.
-    """
-    path = Path(path)
-    if not path.exists():
-        return {}
-    done: dict[str, tuple[Structure, dict[str, Any], dict[str, Any]]] = {}
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines()):
-        try:
-            entry = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # torn line of a killed job: that row is relaxed again
-        if number == 0:
-            written = entry.get("checkpoint_settings", {})
-            if settings is not None and written != json.loads(json.dumps(settings)):
-                raise ValueError(f"checkpoint {path.name} was written with other settings {written}, not {settings}")
-            continue
-        done[entry["row"]["row_id"]] = (Structure.from_dict(entry["structure"]), entry["row"], entry["record"])
-    return done
-
-
 def status_counts(records: list[dict[str, Any]]) -> dict[str, int]:
     """Rows per relax status (every status present, zeros included)."""
     counts = Counter(r["relax_status"] for r in records)
     return {status: int(counts.get(status, 0)) for status in RELAX_STATUSES}
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def validate_relax_config(config: dict[str, Any]) -> dict[str, Any]:
-    """Config with defaults filled in; raises InvalidInputError naming the bad key."""
-    unknown = sorted(set(config) - set(RELAX_DEFAULTS))
-    if unknown:
-        raise InvalidInputError(f"unknown relax setting(s) {unknown}; allowed: {sorted(RELAX_DEFAULTS)}")
-    settings = {**RELAX_DEFAULTS, **config}
-    try:
-        settings["mlip"] = mlip_entry_point_name(str(settings["mlip"])).removeprefix("battgen.")
-    except KeyError as exc:
-        raise InvalidInputError(exc.args[0]) from exc
-    for key in ("fmax", "maxstep"):
-        value = settings[key]
-        if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-            raise InvalidInputError(f"{key} must be a positive number, got {value!r}")
-        settings[key] = float(value)
-    if isinstance(settings["max_steps"], bool) or not isinstance(settings["max_steps"], int) or settings["max_steps"] < 1:
-        raise InvalidInputError(f"max_steps must be a positive integer, got {settings['max_steps']!r}")
-    if settings["cell_filter"] not in CELL_FILTERS:
-        raise InvalidInputError(f"cell_filter must be one of {list(CELL_FILTERS)}, got {settings['cell_filter']!r}")
-    if settings["optimizer"] not in OPTIMIZERS:
-        raise InvalidInputError(f"optimizer must be one of {list(OPTIMIZERS)}, got {settings['optimizer']!r}")
-    if not isinstance(settings["checkpoint"], bool):
-        raise InvalidInputError(f"checkpoint must be true or false, got {settings['checkpoint']!r}")
-    if settings["resume_from"] is not None and not isinstance(settings["resume_from"], str):
-        raise InvalidInputError(f"resume_from must be a path relative to the workdir, got {settings['resume_from']!r}")
-    return settings
+    """Config with defaults filled in (:class:`~battgen.contracts.relax.RelaxSettings`); raises InvalidInputError
+    naming the bad key and its allowed range."""
+    return RelaxSettings.settings_dict(config)
 
 
 def run_relax_command(config: dict[str, Any], workdir: Path) -> dict[str, Any]:
@@ -335,7 +237,7 @@ def run_relax_command(config: dict[str, Any], workdir: Path) -> dict[str, Any]:
     settings = validate_relax_config(config)
     workdir = Path(workdir)
     try:
-        batch = StructureBatch.read(workdir / settings["input"])
+        batch = read_input_batch(workdir / settings["input"])
     except BatchFormatError as exc:
         raise InvalidInputError(f"cannot read the input batch: {exc}") from exc
     if settings["model_path"] and not Path(settings["model_path"]).expanduser().exists():
@@ -356,11 +258,13 @@ def run_relax_command(config: dict[str, Any], workdir: Path) -> dict[str, Any]:
 
     started = time.perf_counter()
     calculator, info = load_relax_mlip(settings["mlip"], settings["model_path"], settings["device"])
+    engine: dict[str, Any] = {}
     relaxed, records = relax_batch(
         batch, mlip=settings["mlip"], fmax=settings["fmax"], max_steps=settings["max_steps"],
         cell_filter=settings["cell_filter"], optimizer=settings["optimizer"], maxstep=settings["maxstep"],
         progress=bool(settings["progress"]), calculator=calculator, supported_elements=info.supported_elements,
-        checkpoint=checkpoint, checkpoint_settings=checkpoint_settings,
+        checkpoint=checkpoint, checkpoint_settings=checkpoint_settings, device=settings["device"],
+        engine=settings["engine"], batch_max_atoms=settings["batch_max_atoms"], engine_report=engine,
     )
     wall_time = time.perf_counter() - started
 
@@ -368,7 +272,7 @@ def run_relax_command(config: dict[str, Any], workdir: Path) -> dict[str, Any]:
     tmp = workdir / (OUTPUT_FILENAME + ".tmp")
     relaxed.write(tmp)
     os.replace(tmp, workdir / OUTPUT_FILENAME)
-    _atomic_write_text(workdir / RECORDS_FILENAME, json.dumps({"units": UNITS, "records": records}, indent=1))
+    atomic_write_text(workdir / RECORDS_FILENAME, json.dumps({"units": UNITS, "records": records}, indent=1))
 
     model = info.as_dict()
     model.pop("supported_elements")  # long and derivable from the model; the hash identifies it
@@ -381,5 +285,6 @@ def run_relax_command(config: dict[str, Any], workdir: Path) -> dict[str, Any]:
         "settings": {k: settings[k] for k in ("mlip", "fmax", "max_steps", "cell_filter", "optimizer", "maxstep")},
         "relax_wall_time_s": round(wall_time, 3),
         "rows_from_checkpoint": resumed,
+        "engine": engine,
         "units": UNITS,
     }

@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 from battgen.batch import StructureBatch
 from battgen.models import CHECKPOINT_DIRNAME
 from battgen.predictors.base import regression_metrics
+from battgen.progress import track
 
 CHECKPOINT_FILENAME = "last.pt"
 
@@ -89,12 +90,30 @@ class TargetScaler:
 def fold_standardisation_into_linear(linear: torch.nn.Linear, mean: np.ndarray, std: np.ndarray) -> None:
     """Make ``linear`` output ``std * y + mean`` (physical units) instead of the standardised ``y``."""
     with torch.no_grad():
-        std_t = torch.as_tensor(std, dtype=linear.weight.dtype).reshape(-1)
-        mean_t = torch.as_tensor(mean, dtype=linear.weight.dtype).reshape(-1)
+        where = {"dtype": linear.weight.dtype, "device": linear.weight.device}
+        std_t = torch.as_tensor(std, **where).reshape(-1)
+        mean_t = torch.as_tensor(mean, **where).reshape(-1)
         linear.weight.mul_(std_t[:, None])
         if linear.bias is None:
             raise ValueError("cannot fold a target mean into a linear layer without bias")
         linear.bias.mul_(std_t).add_(mean_t)
+
+
+def to_device(value: Any, device: str | torch.device) -> Any:
+    """A collated batch (tensor, graph object with ``.to``, or tuples / lists / dicts of them) on ``device``."""
+    if isinstance(value, tuple | list):
+        return type(value)(to_device(item, device) for item in value)
+    if isinstance(value, dict):
+        return {key: to_device(item, device) for key, item in value.items()}
+    if callable(getattr(value, "to", None)):
+        return value.to(device)
+    return value
+
+
+def module_device(module: torch.nn.Module) -> torch.device:
+    """Where ``module``'s parameters live (the CPU for a module without parameters)."""
+    parameter = next(module.parameters(), None)
+    return parameter.device if parameter is not None else torch.device("cpu")
 
 
 def last_linear(module: torch.nn.Module) -> torch.nn.Linear:
@@ -163,14 +182,17 @@ def run_batches(
     batch_size: int,
     desc: str = "predicting",
 ) -> np.ndarray:
-    """``(len(graphs), n_outputs)`` network outputs, batched, in input order, without gradients."""
+    """``(len(graphs), n_outputs)`` network outputs, batched, in input order, without gradients; each
+    collated batch goes to the network's device, the outputs come back to the CPU."""
     network.eval()
+    device = module_device(network)
     outputs = []
     starts = range(0, len(graphs), max(1, int(batch_size)))
     with torch.no_grad():
         for start in tqdm(starts, desc=desc, leave=False, disable=len(starts) < 5):
             chunk = list(graphs[start:start + batch_size])
-            outputs.append(forward(network, collate(chunk), len(chunk)).detach().cpu().numpy())
+            batch = to_device(collate(chunk), device)
+            outputs.append(forward(network, batch, len(chunk)).detach().cpu().numpy())
     return np.concatenate(outputs, axis=0) if outputs else np.zeros((0, 0))
 
 
@@ -188,20 +210,23 @@ def train_network(
     seed: int,
     resume_from: Path | None = None,
     desc: str = "training",
+    device: str = "cpu",
 ) -> dict[str, Any]:
-    """Train ``network`` on standardised targets; leaves the best-validation weights loaded.
+    """Train ``network`` on standardised targets on ``device`` (a resolved torch device: the network, every
+    collated batch and the targets go there); leaves the best-validation weights loaded.
 
     ``train_targets`` / ``val_targets`` are already standardised (NaN = missing). ``hp`` needs
     ``epochs``, ``batch_size``, ``learning_rate``, ``weight_decay``, ``optimizer``, ``scheduler``,
     ``early_stopping_patience`` (None: never stop early). Returns a JSON-safe training record.
     """
     seed_everything(seed)
+    network.to(device)
     epochs, batch_size = int(hp["epochs"]), int(hp["batch_size"])
     patience = hp.get("early_stopping_patience")
     steps_per_epoch = max(1, math.ceil(len(train_graphs) / batch_size))
     optimizer = _optimizer(network.parameters(), hp)
     scheduler = _scheduler(optimizer, hp, steps_per_epoch)
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator(device="cpu").manual_seed(seed)  # the batch order is drawn on the CPU
     fingerprint = _fingerprint(hp, targets)
     checkpoint_dir = Path(model_dir) / CHECKPOINT_DIRNAME
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
@@ -229,17 +254,19 @@ def train_network(
         best_epoch, bad_epochs, history = checkpoint["best_epoch"], checkpoint["bad_epochs"], checkpoint["history"]
         start_epoch = resumed_from_epoch = checkpoint["epoch"] + 1
 
-    train_y = torch.as_tensor(train_targets, dtype=torch.float32)
+    train_y = torch.as_tensor(train_targets, dtype=torch.float32, device=device)
     started = time.perf_counter()
     stopped_early = False
-    epoch_bar = tqdm(range(start_epoch, epochs), desc=desc, leave=False)
+    epoch_bar = track(range(start_epoch, epochs), total=epochs, initial=start_epoch, desc=desc, unit="epoch",
+                      leave=False)
     for epoch in epoch_bar:
         network.train()
-        order = torch.randperm(len(train_graphs), generator=generator).tolist()
+        order = torch.randperm(len(train_graphs), generator=generator, device="cpu").tolist()
         losses = []
         for start in range(0, len(order), batch_size):
             rows = order[start:start + batch_size]
-            predicted = forward(network, collate([train_graphs[i] for i in rows]), len(rows))
+            batch = to_device(collate([train_graphs[i] for i in rows]), device)
+            predicted = forward(network, batch, len(rows))
             loss = _masked_mse(predicted, train_y[rows])
             optimizer.zero_grad()
             loss.backward()

@@ -40,6 +40,7 @@ import numpy as np
 import torch
 
 from battgen.batch import StructureBatch
+from battgen.devices import training_record
 from battgen.models import write_manifest
 from battgen.predictors._graph_training import (
     TargetScaler,
@@ -155,9 +156,9 @@ class ALIGNNPredictor(Predictor):
         self.graph_settings = config["graph"]
         self.output_targets = list(config["targets"])
         self.network = build_network(config["network"])
-        state = torch.load(self.model_dir / MODEL_FILENAME, map_location=device, weights_only=True)
+        state = torch.load(self.model_dir / MODEL_FILENAME, map_location=self.device, weights_only=True)
         self.network.load_state_dict(state)
-        self.network.to(device).eval()
+        self.network.to(self.device).eval()
         self.batch_size = int(batch_size or self.manifest["hyperparameters"].get("batch_size", 64))
         self.last_errors: dict[str, str] = {}
 
@@ -204,6 +205,7 @@ class ALIGNNPredictor(Predictor):
         hyperparameters: dict[str, Any],
         seed: int = 0,
         resume_from: Path | None = None,
+        device: str = "cpu",
     ) -> dict[str, Any]:
         hp = {**cls.default_hyperparameters(), **(hyperparameters or {})}
         model_dir = Path(model_dir)
@@ -224,6 +226,7 @@ class ALIGNNPredictor(Predictor):
         record = train_network(
             network, train_graphs, scaler.transform(train_raw), val_graphs, scaler.transform(val_raw),
             collate_graph_pairs, network_forward, hp, targets, model_dir, seed, resume_from, desc="ALIGNN epochs",
+            device=device,
         )
         fold_standardisation_into_linear(network.fc, scaler.mean, scaler.std)
         torch.save(network.state_dict(), model_dir / MODEL_FILENAME)
@@ -246,6 +249,7 @@ class ALIGNNPredictor(Predictor):
             "graph_builder": "alignn.torch_graph_builder.build_pure_torch_graph",
             "alignn_version": _version("alignn"),
             "torch_version": str(torch.__version__),
+            **training_record(str(device)),
         }
         write_manifest(model_dir, "predictor", cls.architecture, hp, training, metrics)
         return {"training": training, "metrics": metrics}

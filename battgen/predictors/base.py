@@ -18,11 +18,11 @@ from typing import Any
 import numpy as np
 
 from battgen.batch import StructureBatch
+from battgen.contracts.predict import PREDICTED_PREFIX
 from battgen.models import read_manifest
 
 ENTRY_POINT_GROUP = "battgen.predictors"
 ENTRY_POINT_PREFIX = "battgen."
-PREDICTED_PREFIX = "predicted_"
 
 
 class UnknownPredictorError(KeyError):
@@ -43,8 +43,10 @@ class Predictor(ABC):
     architecture: str = ""
 
     def __init__(self, model: str | Path, device: str = "cpu", **options: Any) -> None:
+        from battgen.devices import resolve_device  # lazy: resolving imports torch
+
         self.model_dir = Path(model)
-        self.device = device
+        self.device = resolve_device(device)  # auto | cpu | cuda | cuda:N -> a concrete torch device
         self.options = options
         self.manifest = read_manifest(self.model_dir, architecture=self.architecture)
 
@@ -71,9 +73,14 @@ class Predictor(ABC):
         hyperparameters: dict[str, Any],
         seed: int = 0,
         resume_from: Path | None = None,
+        device: str = "cpu",
     ) -> dict[str, Any]:
         """Train on ``splits.train`` (early stopping / selection on ``splits.val``), save into ``model_dir``
         (checkpoints into ``model_dir / "checkpoints"``), evaluate on ``splits.test``.
+
+        ``device`` is a resolved torch device (:func:`battgen.devices.resolve_device`): the network, every
+        batch and the targets live there; the returned ``training`` record carries
+        :func:`battgen.devices.training_record` (device, its name, precision). Saved weights load anywhere.
 
         Rows whose target value is missing are skipped (and counted). Returns ``{"training": {...},
         "metrics": {...}}``; metrics hold per target ``test_mae_<target>``, ``test_rmse_<target>``,

@@ -39,12 +39,13 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from battgen.batch import StructureBatch
+from battgen.devices import training_record
 from battgen.models import CHECKPOINT_DIRNAME
 from battgen.predictors.base import Predictor, regression_metrics
 from battgen.predictors.descriptors import XRDGrid, featurize, magpie_feature_labels
+from battgen.progress import track
 
 WEIGHTS_FILENAME = "descriptor_cnn.pt"
 CONFIG_FILENAME = "descriptor_cnn.json"
@@ -140,7 +141,7 @@ class DescriptorCNNPredictor(Predictor):
         state = torch.load(self.model_dir / WEIGHTS_FILENAME, map_location="cpu", weights_only=True)
         self.network = _build_network(self.config)
         self.network.load_state_dict(state["state_dict"])
-        self.network.to(device).eval()
+        self.network.to(self.device).eval()
         self.feature_scaler = FeatureScaler(state["feature_mean"].numpy(), state["feature_std"].numpy())
         self.target_mean = state["target_mean"].numpy()
         self.target_std = state["target_std"].numpy()
@@ -151,7 +152,8 @@ class DescriptorCNNPredictor(Predictor):
 
     def predict(self, batch: StructureBatch) -> dict[str, np.ndarray]:
         features = _features(self.descriptor, batch.structures, self.config.get("xrd_grid"))
-        predicted = _predict_scaled(self.network, self.feature_scaler.transform(features), self.device)
+        device = next(self.network.parameters()).device  # where the network lives
+        predicted = _predict_scaled(self.network, self.feature_scaler.transform(features), device)
         predicted = predicted * self.target_std + self.target_mean
         predicted[~np.isfinite(features).any(axis=1)] = np.nan  # featurisation failed: not predicted
         return {target: predicted[:, i] for i, target in enumerate(self.targets)}
@@ -159,7 +161,7 @@ class DescriptorCNNPredictor(Predictor):
     # --- training -------------------------------------------------------------------------------
     @classmethod
     def fit(cls, splits: Any, targets: list[str], model_dir: Path, hyperparameters: dict[str, Any],
-            seed: int = 0, resume_from: Path | None = None) -> dict[str, Any]:
+            seed: int = 0, resume_from: Path | None = None, device: str = "cpu") -> dict[str, Any]:
         started = time.perf_counter()
         hp = {**cls.default_hyperparameters(), **hyperparameters}
         model_dir = Path(model_dir)
@@ -185,9 +187,9 @@ class DescriptorCNNPredictor(Predictor):
             "xrd_grid": xrd_grid,
             "feature_labels": magpie_feature_labels() if cls.descriptor == "magpie" else None,
         }
-        network = _build_network(config)
+        network = _build_network(config).to(device)
         optimiser = torch.optim.Adam(network.parameters(), lr=float(hp["lr"]), weight_decay=float(hp["weight_decay"]))
-        shuffle = torch.Generator().manual_seed(seed)
+        shuffle = torch.Generator(device="cpu").manual_seed(seed)  # the batch order is drawn on the CPU
         scaler = FeatureScaler.fit(train_x, per_feature=cls.per_feature_scaling)
         target_mean, target_std = train_y.mean(axis=0), train_y.std(axis=0)
         target_std = np.where(target_std > 1e-12, target_std, 1.0)
@@ -211,8 +213,9 @@ class DescriptorCNNPredictor(Predictor):
             target_mean, target_std = checkpoint["target_mean"].numpy(), checkpoint["target_std"].numpy()
             resumed_from_epoch = progress["epoch"]
 
-        scaled_train_x = torch.as_tensor(scaler.transform(train_x), dtype=torch.float32)
-        scaled_train_y = torch.as_tensor((train_y - target_mean) / target_std, dtype=torch.float32)
+        # the (small) descriptor matrices live on the model's device for the whole fit
+        scaled_train_x = torch.as_tensor(scaler.transform(train_x), dtype=torch.float32, device=device)
+        scaled_train_y = torch.as_tensor((train_y - target_mean) / target_std, dtype=torch.float32, device=device)
         scaled_val_x = scaler.transform(val_x)
         batch_size = int(hp["batch_size"])
         time_limit_s = None if hp["max_train_minutes"] is None else 60.0 * float(hp["max_train_minutes"])
@@ -229,10 +232,11 @@ class DescriptorCNNPredictor(Predictor):
             }, checkpoint_dir / CHECKPOINT_FILENAME)
 
         stopped_because = "max_epochs"
-        epochs = tqdm(range(progress["epoch"], int(hp["max_epochs"])), desc=f"{cls.name} epochs", leave=False)
+        epochs = track(range(progress["epoch"], int(hp["max_epochs"])), total=int(hp["max_epochs"]),
+                       initial=progress["epoch"], desc=f"{cls.name} epochs", unit="epoch", leave=False)
         for epoch in epochs:
             network.train()
-            order = torch.randperm(len(scaled_train_x), generator=shuffle)
+            order = torch.randperm(len(scaled_train_x), generator=shuffle, device="cpu").to(device)
             epoch_loss, n_seen = 0.0, 0
             for start in range(0, len(order), batch_size):
                 index = order[start:start + batch_size]
@@ -243,7 +247,7 @@ class DescriptorCNNPredictor(Predictor):
                 epoch_loss += loss.item() * len(index)
                 n_seen += len(index)
             train_losses.append(epoch_loss / n_seen)
-            val_predicted = _predict_scaled(network, scaled_val_x, "cpu") * target_std + target_mean
+            val_predicted = _predict_scaled(network, scaled_val_x, device) * target_std + target_mean
             val_rmse = float(np.sqrt(np.mean((val_predicted - val_y) ** 2)))  # over all targets, in their units
             progress["epoch"] = epoch + 1
             if val_rmse < progress["best_val_rmse"]:
@@ -287,6 +291,7 @@ class DescriptorCNNPredictor(Predictor):
             "first_train_loss_scaled": train_losses[0] if train_losses else None,
             "last_train_loss_scaled": train_losses[-1] if train_losses else None,
             "wall_time_s": round(time.perf_counter() - started, 3),
+            **training_record(str(device)),
         }
         return {"training": training, "metrics": metrics}
 
@@ -347,10 +352,10 @@ def _build_network(config: dict[str, Any]) -> DescriptorCNN:
 
 
 def _scaler_tensors(scaler: FeatureScaler, target_mean: np.ndarray, target_std: np.ndarray) -> dict[str, torch.Tensor]:
-    return {
-        "feature_mean": torch.as_tensor(scaler.mean), "feature_std": torch.as_tensor(scaler.std),
-        "target_mean": torch.as_tensor(np.asarray(target_mean, float)),
-        "target_std": torch.as_tensor(np.asarray(target_std, float)),
+    return {  # saved beside the weights: on the CPU, whatever device trained them
+        "feature_mean": torch.as_tensor(scaler.mean, device="cpu"), "feature_std": torch.as_tensor(scaler.std, device="cpu"),
+        "target_mean": torch.as_tensor(np.asarray(target_mean, float), device="cpu"),
+        "target_std": torch.as_tensor(np.asarray(target_std, float), device="cpu"),
     }
 
 
@@ -373,7 +378,8 @@ def _test_metrics(descriptor: str, network: nn.Module, scaler: FeatureScaler, ta
     if not len(test):
         return metrics
     features = _features(descriptor, test.structures, xrd_grid)
-    predicted = _predict_scaled(network, scaler.transform(features), "cpu") * target_std + target_mean
+    device = next(network.parameters()).device
+    predicted = _predict_scaled(network, scaler.transform(features), device) * target_std + target_mean
     predicted[~np.isfinite(features).any(axis=1)] = np.nan
     for i, target in enumerate(targets):
         true = np.array([_as_float(meta.get(target)) for meta in test.meta])

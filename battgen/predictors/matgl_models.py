@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from battgen.batch import StructureBatch
+from battgen.devices import training_record
 from battgen.models import write_manifest
 from battgen.predictors._graph_training import (
     TargetScaler,
@@ -105,7 +106,7 @@ class MatglPredictor(Predictor):
         self.output_targets = list(self.config["targets"])
         heads = [matgl.load_model(self.model_dir / head["path"]) for head in self.config["heads"]]
         self.network = heads[0] if len(heads) == 1 else _PerTargetNetworks(heads)
-        self.network.to(device).eval()
+        self.network.to(self.device).eval()
         self.batch_size = int(batch_size or self.manifest["hyperparameters"].get("batch_size", 32))
         self.last_errors: dict[str, str] = {}
 
@@ -128,7 +129,7 @@ class MatglPredictor(Predictor):
         from matgl.ext.pymatgen import Structure2Graph
 
         converter = Structure2Graph(element_types=tuple(element_types), cutoff=float(cutoff))
-        state_tensor = torch.tensor(state, dtype=torch.long if state_is_index else torch.float32)
+        state_tensor = torch.tensor(state, dtype=torch.long if state_is_index else torch.float32, device="cpu")
 
         def to_graph(structure):
             unknown = sorted({el.symbol for el in structure.composition.elements} - set(element_types))
@@ -155,6 +156,7 @@ class MatglPredictor(Predictor):
         hyperparameters: dict[str, Any],
         seed: int = 0,
         resume_from: Path | None = None,
+        device: str = "cpu",
     ) -> dict[str, Any]:
         from matgl.config import DEFAULT_ELEMENTS
 
@@ -179,6 +181,7 @@ class MatglPredictor(Predictor):
         record = train_network(
             network, train_graphs, scaler.transform(train_raw), val_graphs, scaler.transform(val_raw),
             _collate, _forward, hp, targets, model_dir, seed, resume_from, desc=f"{cls.name} epochs",
+            device=device,
         )
 
         heads = list(network.heads) if isinstance(network, _PerTargetNetworks) else [network]
@@ -212,6 +215,7 @@ class MatglPredictor(Predictor):
             "training_loop": "battgen plain torch loop over matgl network + Structure2Graph",
             "matgl_version": _version("matgl"),
             "torch_version": str(torch.__version__),
+            **training_record(str(device)),
         }
         write_manifest(model_dir, "predictor", cls.architecture, hp, training, metrics)
         return {"training": training, "metrics": metrics}

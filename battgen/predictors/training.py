@@ -11,6 +11,7 @@ train-predictor config::
     hyperparameters: {...}
     seed: 0
     resume_from: earlier_model
+    device: auto                         # auto | cpu | cuda | cuda:N (battgen.devices); recorded in the manifest
 
 predict config::
 
@@ -18,6 +19,7 @@ predict config::
     model: model                         # a trained model directory
     input: structures.jsonl.gz
     output: predicted.jsonl.gz           # the input rows + predicted_<target> columns
+    device: auto                         # auto | cpu | cuda | cuda:N (or options.device, not both)
 """
 
 from __future__ import annotations
@@ -28,13 +30,15 @@ from typing import Any
 import numpy as np
 
 from battgen.batch import BatchFormatError, StructureBatch
+from battgen.devices import resolve_device
+from battgen.contracts.predict import PredictSettings
+from battgen.contracts.training import TrainPredictorSettings
 from battgen.generate.dataset import DatasetSplits, batch_sha256, filter_training_rows, split_batch, TrainingFilter
 from battgen.generate.training import merge_hyperparameters, resolve_resume_dir
 from battgen.models import ModelFormatError, write_manifest
 from battgen.predictors.base import PREDICTED_PREFIX, UnknownPredictorError, load_predictor, predictor_class
+from battgen.sources.files import read_input_batch
 
-_TRAIN_KEYS = {"predictor", "train", "targets", "output", "filter", "split", "hyperparameters", "seed", "resume_from"}
-_PREDICT_KEYS = {"predictor", "model", "input", "output", "options"}
 
 
 def stratified_split(
@@ -76,22 +80,16 @@ def prepare_predictor_data(
 
 
 def run_train_predictor_command(config: dict[str, Any], workdir: Path) -> dict[str, Any]:
-    from battgen.cli import InvalidInputError  # lazy: the CLI imports this module lazily
+    from battgen.errors import InvalidInputError  # lazy: the CLI imports this module lazily
 
-    unknown = sorted(set(config) - _TRAIN_KEYS)
-    if unknown:
-        raise InvalidInputError(f"unknown config key(s) {unknown}; allowed: {sorted(_TRAIN_KEYS)}")
-    for key in ("predictor", "train", "targets"):
-        if key not in config:
-            raise InvalidInputError(f"config needs {key!r}")
+    TrainPredictorSettings.from_config(config)  # unknown keys, types, a non-empty list of targets
     targets = config["targets"]
-    if isinstance(targets, str) or not targets:
-        raise InvalidInputError(f"'targets' must be a non-empty list of metadata keys, got {targets!r}")
     seed = config.get("seed", 0)
+    device = resolve_device(config.get("device", "auto"))  # before any work: `cuda` without CUDA is bad input
     try:
         cls = predictor_class(str(config["predictor"]))
         hyperparameters = merge_hyperparameters(cls.default_hyperparameters(), config.get("hyperparameters"))
-        batch = StructureBatch.read(workdir / config["train"])
+        batch = read_input_batch(workdir / config["train"])
         splits = prepare_predictor_data(batch, list(targets), config.get("filter"), dict(config.get("split") or {}))
     except (UnknownPredictorError, BatchFormatError, ValueError, TypeError, OSError) as exc:
         raise InvalidInputError(str(exc)) from exc
@@ -99,7 +97,8 @@ def run_train_predictor_command(config: dict[str, Any], workdir: Path) -> dict[s
     model_dir = workdir / config.get("output", "model")
     model_dir.mkdir(parents=True, exist_ok=True)
     splits.write(model_dir)
-    result = cls.fit(splits, list(targets), model_dir, hyperparameters, seed=seed, resume_from=resume_from)
+    result = cls.fit(splits, list(targets), model_dir, hyperparameters, seed=seed, resume_from=resume_from,
+                     device=device)
     training = {
         "targets": list(targets),
         "source_sha256": splits.source_sha256,
@@ -123,18 +122,20 @@ def run_train_predictor_command(config: dict[str, Any], workdir: Path) -> dict[s
 
 
 def run_predict_command(config: dict[str, Any], workdir: Path) -> dict[str, Any]:
-    from battgen.cli import InvalidInputError
+    from battgen.errors import InvalidInputError
 
-    unknown = sorted(set(config) - _PREDICT_KEYS)
-    if unknown:
-        raise InvalidInputError(f"unknown config key(s) {unknown}; allowed: {sorted(_PREDICT_KEYS)}")
-    for key in ("predictor", "model", "input"):
-        if key not in config:
-            raise InvalidInputError(f"config needs {key!r}")
-    output = config.get("output", "predicted.jsonl.gz")
+    checked = PredictSettings.from_config(config)
+    output = checked.output
+    options = dict(checked.options)
+    if "device" in config:
+        if "device" in options and options["device"] != config["device"]:
+            raise InvalidInputError(f"device given twice: `device: {config['device']}` and "
+                                    f"`options.device: {options['device']}`")
+        options["device"] = config["device"]
+    options["device"] = resolve_device(options.get("device", "auto"))  # `cuda` without CUDA is bad input
     try:
-        predictor = load_predictor(str(config["predictor"]), workdir / str(config["model"]), **(config.get("options") or {}))
-        batch = StructureBatch.read(workdir / config["input"])
+        predictor = load_predictor(checked.predictor, workdir / checked.model, **options)
+        batch = read_input_batch(workdir / config["input"])
     except (UnknownPredictorError, ModelFormatError, BatchFormatError, ValueError, TypeError, OSError) as exc:
         raise InvalidInputError(str(exc)) from exc
     annotated = predictor.annotate(batch)
@@ -150,4 +151,5 @@ def run_predict_command(config: dict[str, Any], workdir: Path) -> dict[str, Any]
         "targets": predictor.targets,
         "n_rows": len(annotated),
         "n_not_predicted": n_missing,
+        "device": predictor.device,
     }

@@ -34,8 +34,10 @@ from torch_geometric.utils import scatter
 from tqdm import tqdm
 
 from battgen.batch import StructureBatch
+from battgen.devices import training_record
 from battgen.models import CHECKPOINT_DIRNAME
 from battgen.predictors.base import Predictor, regression_metrics
+from battgen.progress import track
 
 TARGET = "average_voltage_V"
 WEIGHTS_FILENAME = "voltage_cgcnn.pt"
@@ -109,8 +111,9 @@ def gaussian_centres_A(radius_A: float = 8.0, step_A: float = 0.2) -> np.ndarray
 def gaussian_edge_features(distances_A: np.ndarray | torch.Tensor, radius_A: float = 8.0, step_A: float = 0.2,
                            width_A: float | None = None) -> torch.Tensor:
     """u[t] = exp(−(d − μ_t)² / σ²) with σ = ``width_A`` (CGCNN: the step, 0.2 Å); shape (n_edges, 41)."""
-    centres = torch.as_tensor(gaussian_centres_A(radius_A, step_A), dtype=torch.float32)
-    d = torch.as_tensor(distances_A, dtype=torch.float32).reshape(-1, 1)
+    device = distances_A.device if isinstance(distances_A, torch.Tensor) else "cpu"
+    centres = torch.as_tensor(gaussian_centres_A(radius_A, step_A), dtype=torch.float32, device=device)
+    d = torch.as_tensor(distances_A, dtype=torch.float32, device=device).reshape(-1, 1)
     sigma = step_A if width_A is None else width_A
     return torch.exp(-((d - centres) ** 2) / sigma**2)
 
@@ -135,7 +138,7 @@ def structure_graph(structure: Structure, working_ion: str, row_id: str = "?", r
                     max_neighbours: int = 12, step_A: float = 0.2) -> dict[str, torch.Tensor]:
     """Node features, edges, Gaussian edge features and the working-ion mask of one structure."""
     symbols = [site.specie.symbol for site in structure]
-    ion_mask = torch.tensor([s == working_ion for s in symbols], dtype=torch.bool)
+    ion_mask = torch.tensor([s == working_ion for s in symbols], dtype=torch.bool, device="cpu")  # the cache's
     if not bool(ion_mask.any()):
         raise WorkingIonMissingError(
             f"row {row_id!r} ({structure.composition.reduced_formula}) has no {working_ion} atom: the voltage "
@@ -143,24 +146,26 @@ def structure_graph(structure: Structure, working_ion: str, row_id: str = "?", r
         )
     edge_index, distances = neighbour_edges(structure, radius_A, max_neighbours)
     return {
-        "x": torch.tensor([atom_features(s) for s in symbols], dtype=torch.float32),
+        "x": torch.tensor([atom_features(s) for s in symbols], dtype=torch.float32, device="cpu"),
         "edge_index": torch.from_numpy(edge_index),
         "edge_attr": gaussian_edge_features(distances, radius_A, step_A),
         "ion_mask": ion_mask,
     }
 
 
-def collate_graphs(graphs: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """One disjoint graph: edges offset by the atoms before them; ``graph_index`` maps atoms to rows."""
+def collate_graphs(graphs: list[dict[str, torch.Tensor]], device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """One disjoint graph on ``device``: edges offset by the atoms before them; ``graph_index`` maps atoms
+    to rows. Collated on the CPU (where the cached graphs live), then moved in one go."""
     offsets = np.cumsum([0] + [len(g["x"]) for g in graphs[:-1]])
-    return {
+    collated = {
         "x": torch.cat([g["x"] for g in graphs]),
         "edge_index": torch.cat([g["edge_index"] + int(o) for g, o in zip(graphs, offsets)], dim=1),
         "edge_attr": torch.cat([g["edge_attr"] for g in graphs]),
         "ion_mask": torch.cat([g["ion_mask"] for g in graphs]),
-        "graph_index": torch.cat([torch.full((len(g["x"]),), i, dtype=torch.long) for i, g in enumerate(graphs)]),
-        "n_graphs": torch.tensor(len(graphs)),
+        "graph_index": torch.cat([torch.full((len(g["x"]),), i, dtype=torch.long, device="cpu")
+                                  for i, g in enumerate(graphs)]),
     }
+    return {**{key: value.to(device) for key, value in collated.items()}, "n_graphs": len(graphs)}
 
 
 # --- network ----------------------------------------------------------------------------------------
@@ -237,10 +242,12 @@ def build_network(hyperparameters: dict[str, Any]) -> VoltageCGCNN:
 def _predict_graphs(network: VoltageCGCNN, graphs: list[dict[str, torch.Tensor]], mean: float, std: float,
                     batch_size: int) -> np.ndarray:
     network.eval()
+    device = next(network.parameters()).device
     out = []
     with torch.no_grad():
         for start in range(0, len(graphs), batch_size):
-            out.append(network(collate_graphs(graphs[start:start + batch_size])).numpy() * std + mean)
+            predicted = network(collate_graphs(graphs[start:start + batch_size], device))
+            out.append(predicted.cpu().numpy() * std + mean)
     return np.concatenate(out) if out else np.zeros(0)
 
 
@@ -256,7 +263,7 @@ class VoltageCGCNNPredictor(Predictor):
         self.hyperparameters = saved["hyperparameters"]
         self.network = build_network(self.hyperparameters)
         self.network.load_state_dict(saved["state_dict"])
-        self.network.eval()
+        self.network.to(self.device).eval()
         self.target_mean, self.target_std = float(saved["target_mean"]), float(saved["target_std"])
         # Rows without working_ion metadata use this (e.g. screening Mg candidates: options {working_ion: Mg}).
         self.default_working_ion = options.get("working_ion")
@@ -281,7 +288,7 @@ class VoltageCGCNNPredictor(Predictor):
 
     @classmethod
     def fit(cls, splits: Any, targets: list[str], model_dir: Path, hyperparameters: dict[str, Any], seed: int = 0,
-            resume_from: Path | None = None) -> dict[str, Any]:
+            resume_from: Path | None = None, device: str = "cpu") -> dict[str, Any]:
         if list(targets) != [TARGET]:
             raise ValueError(f"voltage-cgcnn predicts only {TARGET!r}, got targets {targets}")
         hp = {**cls.default_hyperparameters(), **hyperparameters}
@@ -307,13 +314,14 @@ class VoltageCGCNNPredictor(Predictor):
 
         mean = float(y_train.mean())
         std = float(y_train.std()) or 1.0
-        network = build_network(hp)
+        network = build_network(hp).to(device)
         optimiser = torch.optim.Adam(network.parameters(), lr=hp["learning_rate"], weight_decay=hp["weight_decay"])
         state = {"epoch": 0, "best_val_mae_V": math.inf, "best_state": copy.deepcopy(network.state_dict()),
                  "best_epoch": 0, "history": []}
         resumed_from_epoch = None
         if resume_from is not None and (Path(resume_from) / CHECKPOINT_DIRNAME / CHECKPOINT_FILENAME).is_file():
-            saved = torch.load(Path(resume_from) / CHECKPOINT_DIRNAME / CHECKPOINT_FILENAME, weights_only=False)
+            saved = torch.load(Path(resume_from) / CHECKPOINT_DIRNAME / CHECKPOINT_FILENAME, map_location="cpu",
+                               weights_only=False)
             network.load_state_dict(saved["state_dict"])
             optimiser.load_state_dict(saved["optimiser"])
             state = saved["state"]
@@ -322,8 +330,9 @@ class VoltageCGCNNPredictor(Predictor):
             torch.set_rng_state(saved["torch_rng_state"])
             resumed_from_epoch = state["epoch"]
 
-        y_train_scaled = torch.from_numpy((y_train - mean) / std)
-        epochs = tqdm(range(state["epoch"], hp["epochs"]), desc="train voltage-cgcnn", unit="epoch", disable=not progress)
+        y_train_scaled = torch.from_numpy((y_train - mean) / std).to(device)
+        epochs = track(range(state["epoch"], hp["epochs"]), total=hp["epochs"], initial=state["epoch"],
+                       desc="train voltage-cgcnn", unit="epoch", disable=not progress)
         stopped_by_time = False
         for epoch in epochs:
             network.train()
@@ -333,7 +342,7 @@ class VoltageCGCNNPredictor(Predictor):
                 index = order[start:start + hp["batch_size"]]
                 if len(index) < 2 and len(order) > 1:
                     continue  # batch norm needs more than one sample per batch
-                prediction = network(collate_graphs([g_train[i] for i in index]))
+                prediction = network(collate_graphs([g_train[i] for i in index], device))
                 loss = torch.nn.functional.l1_loss(prediction, y_train_scaled[index])
                 optimiser.zero_grad()
                 loss.backward()
@@ -371,6 +380,7 @@ class VoltageCGCNNPredictor(Predictor):
             "final_train_mae_V": state["history"][-1]["train_mae_V"] if state["history"] else None,
             "target_mean_V": mean, "target_std_V": std,
             "atom_features": f"CGCNN-style one-hot from pymatgen element data ({ATOM_FEATURE_LENGTH})",
+            **training_record(str(device)),
         }
         return {"training": training, "metrics": metrics}
 

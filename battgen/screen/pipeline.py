@@ -18,11 +18,13 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from battgen.batch import BatchFormatError, StructureBatch
-from battgen.cli import InvalidInputError
+from battgen.errors import InvalidInputError
+from battgen.sources.files import read_input_batch
 from battgen.screen.charge import CDVAE_OXIDATION_STATES_SET, charge_neutrality_reason
 from battgen.screen.novelty import (
     DEFAULT_MATCHER_SETTINGS,
     MatchIndex,
+    Reducer,
     build_reference_index,
     find_duplicates,
     make_matcher,
@@ -125,8 +127,11 @@ def charge_neutrality_reasons(
     ]
 
 
-def uniqueness_reasons(batch: StructureBatch, settings: ScreenSettings, progress: bool = False, **_) -> list:
-    duplicate_of = find_duplicates(batch.structures, batch.row_ids, settings.matcher(), progress=progress)
+def uniqueness_reasons(batch: StructureBatch, settings: ScreenSettings, progress: bool = False,
+                       reducer: Reducer | None = None, workers: int | None = None, **_) -> list:
+    matcher = None if reducer is not None else settings.matcher()
+    duplicate_of = find_duplicates(batch.structures, batch.row_ids, matcher, progress=progress, reducer=reducer,
+                                   workers=workers)
     return [None if match is None else f"duplicate of {match}" for match in duplicate_of]
 
 
@@ -135,6 +140,8 @@ def novelty_reasons(
     settings: ScreenSettings,
     reference: StructureBatch | MatchIndex | None = None,
     progress: bool = False,
+    reducer: Reducer | None = None,
+    workers: int | None = None,
     **_,
 ) -> list:
     if reference is None:
@@ -142,11 +149,10 @@ def novelty_reasons(
     if isinstance(reference, MatchIndex):
         index = reference
     else:
-        index = build_reference_index(reference.structures, _reference_labels(reference), settings.matcher())
-    return [
-        None if (match := index.find(s)) is None else f"matches reference {match}"
-        for s in tqdm(batch.structures, desc="novelty", disable=not progress)
-    ]
+        matcher = None if reducer is not None else settings.matcher()
+        index = build_reference_index(reference.structures, _reference_labels(reference), matcher, reducer)
+    matches = index.find_all(batch.structures, progress=progress, workers=workers)
+    return [None if match is None else f"matches reference {match}" for match in matches]
 
 
 def _reference_labels(reference: StructureBatch) -> list[str]:
@@ -177,12 +183,17 @@ def run_step(
     settings: ScreenSettings | None = None,
     reference: StructureBatch | MatchIndex | None = None,
     progress: bool = False,
+    reducer: Reducer | None = None,
+    workers: int | None = None,
 ) -> StepResult:
+    """One step; ``reducer`` (a :class:`Reducer` with ``settings``' matcher) lets steps share reductions;
+    ``workers`` (uniqueness, novelty) as in :func:`battgen.screen.novelty.resolve_workers`."""
     if step not in STEP_FUNCTIONS:
         raise ValueError(f"unknown screening step {step!r}; known: {list(STEP_FUNCTIONS)}")
     settings = settings or ScreenSettings()
     started = time.perf_counter()
-    reasons = STEP_FUNCTIONS[step](batch, settings, reference=reference, progress=progress)
+    reasons = STEP_FUNCTIONS[step](batch, settings, reference=reference, progress=progress, reducer=reducer,
+                                   workers=workers)
     passed, rejected = split_by_reasons(batch, step, reasons)
     return StepResult(step, passed, rejected, seconds=time.perf_counter() - started)
 
@@ -193,11 +204,13 @@ def screen_batch(
     steps: Sequence[str] = DEFAULT_STEPS,
     settings: ScreenSettings | dict[str, Any] | None = None,
     progress: bool = False,
+    workers: int | None = None,
 ) -> ScreenResult:
     """Run the steps in order, each on what the previous one passed.
 
     ``reference`` (a batch, or a prebuilt :class:`MatchIndex` to reuse reduced reference structures) is
-    needed only by the ``novelty`` step.
+    needed only by the ``novelty`` step. ``workers`` (default one process; 0 = one per core) spreads the
+    uniqueness and novelty matching over forked processes by composition bucket, with the same decisions.
     """
     if not isinstance(settings, ScreenSettings):
         settings = ScreenSettings.from_dict(settings)
@@ -208,35 +221,75 @@ def screen_batch(
         raise ValueError("the novelty step needs a reference batch")
     result = ScreenResult(input=batch)
     current = batch
+    # Uniqueness and novelty see the same Structure objects: reduce each once for both steps.
+    reducer = _shared_reducer(settings, reference)
     for step in steps:
-        step_result = run_step(step, current, settings, reference=reference, progress=progress)
+        step_result = run_step(step, current, settings, reference=reference, progress=progress, reducer=reducer,
+                               workers=workers)
         result.steps.append(step_result)
         current = step_result.passed
     return result
 
 
+def _shared_reducer(settings: ScreenSettings, reference: StructureBatch | MatchIndex | None) -> Reducer:
+    matcher = settings.matcher()
+    if isinstance(reference, MatchIndex) and reference.matcher.as_dict() == matcher.as_dict():
+        return reference.reducer  # a prebuilt index's reductions serve uniqueness too
+    return Reducer(matcher)
+
+
 # --- battgen screen -----------------------------------------------------------------------------------
-_CONFIG_KEYS = {"input", "reference", "steps", "settings", "progress"}
+_CONFIG_KEYS = {"input", "reference", "known_materials", "steps", "settings", "progress"}
+
+
+def combined_reference(known: StructureBatch, given: StructureBatch | None) -> StructureBatch:
+    """Known-materials structures plus the user's reference for novelty, known rows first; a known row whose
+    ``row_id`` (an MP id) the user's reference also holds is left out: it is the same material."""
+    if given is None:
+        return known
+    given_ids = {meta["row_id"] for meta in given.meta}
+    return StructureBatch.concatenate([known.select([meta["row_id"] not in given_ids for meta in known.meta]), given])
+
+
+def _known_reference(value: Any, workdir: Path):
+    """The known-materials reference a config names: ``embedded`` (default), a file path, or None."""
+    from battgen.known_materials import KnownMaterials
+
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"known_materials must be 'embedded', a file path or null, got {value!r}")
+    return KnownMaterials.load(None if value == "embedded" else workdir / value)
 
 
 def run_screen_command(config: dict[str, Any], workdir: Path) -> dict[str, Any]:
-    """``battgen screen``: config ``input`` (batch file), optional ``reference`` (batch file), ``steps``,
-    ``settings`` (see :class:`ScreenSettings`). Writes ``passed.jsonl.gz`` and ``rejected.jsonl.gz``."""
+    """``battgen screen``: config ``input`` (batch file), optional ``reference`` (batch file of more known
+    structures), ``known_materials`` (``embedded`` — the default, battgen's MP-derived reference —, a
+    reference file path, or null), ``steps`` (default: all four; without any reference the first three),
+    ``settings`` (see :class:`ScreenSettings`). Writes ``passed.jsonl.gz`` and ``rejected.jsonl.gz``;
+    novelty rejections name the matched id (``matches reference mp-1138``)."""
+    from battgen.known_materials import KnownMaterialsFormatError
+
     unknown = sorted(set(config) - _CONFIG_KEYS)
     if unknown:
         raise InvalidInputError(f"unknown config key(s) {unknown}; allowed: {sorted(_CONFIG_KEYS)}")
     if "input" not in config:
         raise InvalidInputError("config needs 'input': the batch file to screen")
-    steps = list(config.get("steps") or (DEFAULT_STEPS if config.get("reference") else DEFAULT_STEPS[:3]))
     try:
+        known = _known_reference(config.get("known_materials", "embedded"), workdir)
+        steps = list(config.get("steps") or (DEFAULT_STEPS if config.get("reference") or known else DEFAULT_STEPS[:3]))
         settings = ScreenSettings.from_dict(config.get("settings"))
-        batch = StructureBatch.read(workdir / config["input"])
-        reference = StructureBatch.read(workdir / config["reference"]) if config.get("reference") else None
+        batch = read_input_batch(workdir / config["input"])
+        reference = read_input_batch(workdir / config["reference"]) if config.get("reference") else None
+        if known is not None and "novelty" in steps:
+            known_batch = known.structure_batch()
+            reference = combined_reference(known_batch, reference)
         if "novelty" in steps and reference is None:
-            raise ValueError("the novelty step needs 'reference': a batch file of known structures")
+            raise ValueError("the novelty step needs 'reference' (a batch file of known structures) or "
+                             "'known_materials'")
         if any(step not in STEP_FUNCTIONS for step in steps):
             raise ValueError(f"unknown step in {steps}; known: {list(STEP_FUNCTIONS)}")
-    except (BatchFormatError, ValueError, TypeError) as exc:
+    except (BatchFormatError, KnownMaterialsFormatError, ValueError, TypeError) as exc:
         raise InvalidInputError(str(exc)) from exc
 
     result = screen_batch(batch, reference, steps, settings, progress=bool(config.get("progress", False)))
@@ -250,5 +303,6 @@ def run_screen_command(config: dict[str, Any], workdir: Path) -> dict[str, Any]:
         "funnel": [{"step": step, "n_in": n_in, "n_out": n_out} for step, n_in, n_out in result.funnel],
         "step_seconds": {step.step: round(step.seconds, 3) for step in result.steps},
         "settings": settings.as_dict(),
+        "known_materials": known.describe() if known is not None else None,
         "units": {"min_distance_A": "Å", "min_volume_A3": "Å³", "angle_tol_deg": "degree"},
     }

@@ -19,29 +19,19 @@ import gzip
 import io
 import json
 import math
-import sys
 import warnings
-from collections import Counter
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from pymatgen.core import Element, Structure
-from tqdm.auto import tqdm
+from pymatgen.core import Structure
 
 from battgen.batch import StructureBatch
-
-# Two atoms closer than this (Å) are a broken structure, not chemistry (the shortest real bond, H-H, is 0.74).
-MIN_INTERATOMIC_DISTANCE_A = 0.5
-
-# Skip reasons (stable strings: they end up in AiiDA Dict nodes and are counted by reason).
-MALFORMED = "malformed_structure"
-DISORDERED = "disordered_structure"
-OVERLAPPING = "overlapping_atoms"
-MISSING_COLUMN = "missing_column"
-DUPLICATE_ID = "duplicate_id"
-NO_STRUCTURE = "no_structure"
+from battgen.sources.common import (  # noqa: F401 - re-exported: the readers' shared primitives
+    DISORDERED, DUPLICATE_ID, MALFORMED, MIN_INTERATOMIC_DISTANCE_A, MISSING_COLUMN, NO_STRUCTURE, OVERLAPPING,
+    RowFilter, SkipReport, SourceFormatError, _Collector, _progress, structure_problem,
+)
+from battgen.sources.materials_project import read_snapshot, read_snapshot_batch
 
 # CSV column -> metadata key with unit. perov-5 ``heat_ref`` is CDVAE's formation-energy target (eV/atom).
 _CSV_FLOAT_COLUMNS = {
@@ -63,145 +53,8 @@ _CSV_TEXT_COLUMNS = {
     "space_group_number": "spacegroup_number",
 }
 
-SUPPORTED_SUFFIXES = (".csv", ".xyz", ".extxyz", ".json", ".json.gz", ".cif", ".jsonl", ".jsonl.gz")
-
-
-class SourceFormatError(ValueError):
-    """A whole source file is unusable (unknown suffix, missing required column, not parseable)."""
-
-
-@dataclass
-class SkipReport:
-    """Which rows of a source were skipped and why; ``filtered`` rows were fine but not asked for."""
-
-    source: str = ""
-    n_read: int = 0
-    n_kept: int = 0
-    n_filtered: int = 0
-    skipped: list[dict[str, str]] = field(default_factory=list)
-
-    def skip(self, row: str, reason: str, detail: str = "") -> None:
-        self.skipped.append({"row": str(row), "reason": reason, "detail": detail[:300]})
-
-    @property
-    def n_skipped(self) -> int:
-        return len(self.skipped)
-
-    def counts(self) -> dict[str, int]:
-        return dict(Counter(item["reason"] for item in self.skipped))
-
-    def as_dict(self, max_examples: int = 100) -> dict[str, Any]:
-        """JSON-safe summary: counts by reason and at most ``max_examples`` listed rows."""
-        return {
-            "source": self.source,
-            "n_read": self.n_read,
-            "n_kept": self.n_kept,
-            "n_filtered": self.n_filtered,
-            "n_skipped": self.n_skipped,
-            "skipped_by_reason": self.counts(),
-            "examples": self.skipped[:max_examples],
-            "examples_truncated": self.n_skipped > max_examples,
-        }
-
-    def __str__(self) -> str:
-        reasons = ", ".join(f"{n} {reason}" for reason, n in sorted(self.counts().items())) or "none"
-        return (
-            f"{self.source}: read {self.n_read}, kept {self.n_kept}, filtered {self.n_filtered}, "
-            f"skipped {self.n_skipped} ({reasons})"
-        )
-
-
-@dataclass
-class RowFilter:
-    """The optional element / size / count filters shared by every reader."""
-
-    elements: list[str] | None = None
-    exclude_elements: list[str] | None = None
-    max_sites: int | None = None
-    max_rows: int | None = None
-
-    def __post_init__(self) -> None:
-        for name in ("elements", "exclude_elements"):
-            value = getattr(self, name)
-            if value is None:
-                continue
-            if isinstance(value, str):
-                value = [value]
-            for symbol in value:
-                if not Element.is_valid_symbol(symbol):
-                    raise ValueError(f"{name}: {symbol!r} is not an element symbol")
-            setattr(self, name, list(value))
-        for name in ("max_sites", "max_rows"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value < 1):
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-
-    def accepts(self, structure: Structure) -> bool:
-        symbols = {el.symbol for el in structure.composition.elements}
-        if self.elements and not set(self.elements) <= symbols:
-            return False
-        if self.exclude_elements and symbols & set(self.exclude_elements):
-            return False
-        return self.max_sites is None or len(structure) <= self.max_sites
-
-    def full(self, n_kept: int) -> bool:
-        return self.max_rows is not None and n_kept >= self.max_rows
-
-
-def structure_problem(structure: Structure) -> tuple[str, str] | None:
-    """Why a parsed structure cannot go into a batch (reason, detail), or None if it can."""
-    if not len(structure):  # an extended-XYZ frame of 0 atoms, a CIF without sites
-        return MALFORMED, "no atoms"
-    if not structure.is_ordered:
-        return DISORDERED, f"partial occupancies in {structure.composition.formula}"
-    # Periodic images count too: a cell edge shorter than 0.5 Å is as broken as two stacked atoms.
-    centres, _, _, distances = structure.get_neighbor_list(MIN_INTERATOMIC_DISTANCE_A)
-    if len(centres):
-        return OVERLAPPING, f"atoms {float(min(distances)):.3f} A apart (< {MIN_INTERATOMIC_DISTANCE_A} A)"
-    return None
-
-
-class _Collector:
-    """Accumulates kept rows, unique row ids, filter counts and skips for one source file."""
-
-    def __init__(self, source: Path, row_filter: RowFilter) -> None:
-        self.filter = row_filter
-        self.report = SkipReport(source=source.name)
-        self.structures: list[Structure] = []
-        self.meta: list[dict[str, Any]] = []
-        self._ids: set[str] = set()
-
-    @property
-    def full(self) -> bool:
-        return self.filter.full(len(self.structures))
-
-    def offer(self, row_id: str, structure: Structure, meta: dict[str, Any], unique_id: bool = True) -> None:
-        """Keep the row if it is sound, new and passes the filters; otherwise count why not."""
-        problem = structure_problem(structure)
-        if problem:
-            self.report.skip(row_id, *problem)
-            return
-        if row_id in self._ids:
-            if unique_id:
-                self.report.skip(row_id, DUPLICATE_ID, "row id already read from this file")
-                return
-            row_id = self._unique(row_id)
-        if not self.filter.accepts(structure):
-            self.report.n_filtered += 1
-            return
-        self._ids.add(row_id)
-        self.structures.append(structure)
-        self.meta.append({"row_id": row_id, **meta})
-
-    def _unique(self, row_id: str) -> str:
-        suffix = 2
-        while f"{row_id}-{suffix}" in self._ids:
-            suffix += 1
-        return f"{row_id}-{suffix}"
-
-    def result(self) -> tuple[StructureBatch, SkipReport]:
-        self.report.n_kept = len(self.structures)
-        return StructureBatch(self.structures, self.meta), self.report
+SUPPORTED_SUFFIXES = (".csv", ".xyz", ".extxyz", ".json", ".json.gz", ".cif", ".jsonl", ".jsonl.gz", ".db",
+                      ".vasp", ".poscar")
 
 
 def _float_or_none(text: Any) -> float | None:
@@ -223,11 +76,6 @@ def _parse_cif(text: str) -> Structure:
     return structures[0]
 
 
-def _progress(iterable: Iterable, desc: str, total: int | None = None) -> Iterator:
-    # disable=None: a bar on terminals only, silent in CalcJobs and CI logs.
-    return iter(tqdm(iterable, desc=desc, total=total, disable=None, leave=False, file=sys.stderr))
-
-
 def _open_text(path: Path) -> io.TextIOBase:
     if path.name.endswith(".gz"):
         return gzip.open(path, "rt", encoding="utf-8")
@@ -241,14 +89,34 @@ def _row_filter(**filters: Any) -> RowFilter:
     return RowFilter(**filters)
 
 
+# Columns tried, in order, for a CSV row's id when ``id_column`` is not given (case-insensitive).
+CSV_ID_COLUMNS = ("material_id", "name", "id")
+
+
+def _csv_columns(path: Path, fieldnames: list[str] | None, id_column: str | None) -> tuple[str, str | None]:
+    """The actual names of the CIF column and of the id column (column names are case-insensitive)."""
+    by_lower = {name.strip().lower(): name for name in fieldnames or []}
+    if "cif" not in by_lower:
+        raise SourceFormatError(f"{path.name}: no 'cif' column (any case; columns: {(fieldnames or [])[:12]})")
+    if id_column is not None:
+        if id_column.strip().lower() not in by_lower:
+            raise SourceFormatError(f"{path.name}: no id column {id_column!r} (columns: {(fieldnames or [])[:12]})")
+        return by_lower["cif"], by_lower[id_column.strip().lower()]
+    return by_lower["cif"], next((by_lower[c] for c in CSV_ID_COLUMNS if c in by_lower), None)
+
+
 def read_mp20_csv(
     path: str | Path,
     max_rows: int | None = None,
     elements: list[str] | None = None,
     exclude_elements: list[str] | None = None,
     max_sites: int | None = None,
+    id_column: str | None = None,
 ) -> tuple[StructureBatch, SkipReport]:
-    """Read a CDVAE-format CSV (``material_id``, ``cif`` and property columns).
+    """Read a CSV of CIF texts: CDVAE format (``material_id``, ``cif`` and property columns) or any file
+    with a ``cif`` column, such as seed 000's published ``filtered_structures_unconditional.csv``
+    (``Name,CIF``). Column names are case-insensitive; the row id comes from ``id_column``, else the
+    first of :data:`CSV_ID_COLUMNS` present, else ``<file stem>-<row index>``.
 
     Works for MP-20 (``formation_energy_per_atom``, ``band_gap``, ``e_above_hull``), the chemeleon MP-40
     splits (``energy_above_hull``, no formation energy), perov-5 (``heat_ref``, ``dir_gap``/``ind_gap``)
@@ -261,18 +129,17 @@ def read_mp20_csv(
     csv.field_size_limit(2**31 - 1)  # CIF cells are long
     with _open_text(path) as handle:
         reader = csv.DictReader(handle)
-        columns = reader.fieldnames or []
-        if "cif" not in columns:
-            raise SourceFormatError(f"{path.name}: no 'cif' column (columns: {columns[:12]})")
-        for index, row in enumerate(_progress(reader, f"reading {path.name}")):
+        cif_column, id_name = _csv_columns(path, reader.fieldnames, id_column)
+        for index, raw in enumerate(_progress(reader, f"reading {path.name}")):
             if collector.full:
                 break
+            row = {(key or "").strip().lower(): value for key, value in raw.items()}
             collector.report.n_read += 1
-            material_id = (row.get("material_id") or "").strip()
+            material_id = (raw.get(id_name) or "").strip() if id_name else ""
             row_id = material_id if material_id and not material_id.isdigit() else f"{path.stem}-{material_id or index}"
-            cif = row.get("cif")
+            cif = raw.get(cif_column)
             if not cif or not cif.strip():
-                collector.report.skip(row_id, MISSING_COLUMN, "empty 'cif' value")
+                collector.report.skip(row_id, MISSING_COLUMN, f"empty {cif_column!r} value")
                 continue
             try:
                 structure = _parse_cif(cif)
@@ -436,6 +303,95 @@ def read_cif_file(path: str | Path, **filters: Any) -> tuple[StructureBatch, Ski
     return collector.result()
 
 
+# Single-structure files pymatgen reads by name (a folder of them is a source too).
+POSCAR_NAMES = ("POSCAR", "CONTCAR")
+POSCAR_SUFFIXES = (".vasp", ".poscar")
+FOLDER_SUFFIXES = (".cif", *POSCAR_SUFFIXES)
+
+
+def _is_poscar(path: Path) -> bool:
+    return path.name.upper().startswith(POSCAR_NAMES) or path.suffix.lower() in POSCAR_SUFFIXES
+
+
+def _folder_files(path: Path) -> list[Path]:
+    return sorted(p for p in path.iterdir() if p.is_file() and (p.suffix.lower() == ".cif" or _is_poscar(p)))
+
+
+def read_poscar_file(path: str | Path, **filters: Any) -> tuple[StructureBatch, SkipReport]:
+    """Read one VASP POSCAR/CONTCAR file; row id: the file name (stem for ``*.vasp``)."""
+    from pymatgen.io.vasp import Poscar
+
+    path = Path(path)
+    collector = _Collector(path, _row_filter(**filters))
+    collector.report.n_read = 1
+    row_id = path.stem if path.suffix.lower() in POSCAR_SUFFIXES else path.name
+    try:
+        structure = Poscar.from_file(path, check_for_potcar=False).structure
+    except Exception as exc:  # noqa: BLE001
+        raise SourceFormatError(f"{path.name}: not a readable POSCAR file: {type(exc).__name__}: {exc}") from exc
+    collector.offer(row_id, structure, {"source_file": path.name})
+    return collector.result()
+
+
+def read_folder(path: str | Path, **filters: Any) -> tuple[StructureBatch, SkipReport]:
+    """Every CIF (``*.cif``, all data blocks) and POSCAR (``POSCAR*``, ``CONTCAR*``, ``*.vasp``) file of a
+    folder, in name order; row ids are the file stems (``-<index>`` for CIF blocks after the first)."""
+    path = Path(path)
+    files = _folder_files(path)
+    if not files:
+        raise SourceFormatError(f"{path}: folder without CIF or POSCAR files ({', '.join(FOLDER_SUFFIXES)}, "
+                                f"{', '.join(n + '*' for n in POSCAR_NAMES)})")
+    row_filter = _row_filter(**filters)
+    collector = _Collector(path, row_filter)
+    for file in files:
+        if collector.full:
+            break
+        try:
+            batch, report = (read_poscar_file if _is_poscar(file) else read_cif_file)(file)
+        except SourceFormatError as exc:
+            collector.report.n_read += 1
+            collector.report.skip(file.name, MALFORMED, str(exc))
+            continue
+        collector.report.n_read += report.n_read
+        for reason_row in report.skipped:
+            collector.report.skipped.append(reason_row)
+        for index, (meta, structure) in enumerate(batch):
+            row_id = file.stem if file.suffix.lower() == ".cif" and index == 0 else meta["row_id"]
+            collector.offer(row_id, structure, {k: v for k, v in meta.items() if k != "row_id"})
+    return collector.result()
+
+
+def read_ase_db(path: str | Path, **filters: Any) -> tuple[StructureBatch, SkipReport]:
+    """Every row of an ASE database (``*.db``, SQLite); row ids from the key-value pairs ``material_id`` /
+    ``name``, else ``<file stem>-<db id>``; energies (eV) when the row stores them."""
+    from ase.db import connect
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    path = Path(path)
+    collector = _Collector(path, _row_filter(**filters))
+    try:
+        rows = list(connect(str(path), type="db").select())
+    except Exception as exc:  # noqa: BLE001 - sqlite3 / ASE errors for a foreign file
+        raise SourceFormatError(f"{path.name}: not a readable ASE database: {type(exc).__name__}: {exc}") from exc
+    for row in rows:
+        if collector.full:
+            break
+        collector.report.n_read += 1
+        pairs = dict(row.key_value_pairs)
+        row_id = str(pairs.get("material_id") or pairs.get("name") or f"{path.stem}-{row.id}")
+        atoms = row.toatoms()
+        if not atoms.pbc.all():
+            collector.report.skip(row_id, MALFORMED, "row is not periodic in 3D (pbc must be T T T)")
+            continue
+        meta: dict[str, Any] = {"source_file": path.name, "ase_db_id": row.id}
+        energy = row.get("energy")
+        if energy is not None:
+            meta["energy_eV"] = float(energy)
+            meta["energy_per_atom_eV"] = float(energy) / len(atoms)
+        collector.offer(row_id, AseAtomsAdaptor.get_structure(atoms), meta)
+    return collector.result()
+
+
 def _suffix(path: Path) -> str:
     name = path.name.lower()
     for suffix in sorted(SUPPORTED_SUFFIXES, key=len, reverse=True):
@@ -445,18 +401,27 @@ def _suffix(path: Path) -> str:
 
 
 def read_structures(path: str | Path, **filters: Any) -> tuple[StructureBatch, SkipReport]:
-    """Read any supported source file, chosen by its suffix (see :data:`SUPPORTED_SUFFIXES`)."""
+    """Read any supported source file, chosen by its suffix (see :data:`SUPPORTED_SUFFIXES`; also
+    ``POSCAR*`` / ``CONTCAR*`` by name), or a folder of CIF/POSCAR files. ``id_column`` (CSV only) names
+    the row-id column."""
     path = Path(path)
+    id_column = filters.pop("id_column", None)
+    if path.is_dir():
+        return read_folder(path, **filters)
     if not path.is_file():
         raise SourceFormatError(f"source file {path} does not exist")
     suffix = _suffix(path)
     if suffix == ".csv":
-        return read_mp20_csv(path, **filters)
+        return read_mp20_csv(path, id_column=id_column, **filters)
+    if id_column is not None:
+        raise SourceFormatError(f"{path.name}: `id_column` applies to CSV files only")
+    if suffix == ".db":
+        return read_ase_db(path, **filters)
+    if _is_poscar(path):
+        return read_poscar_file(path, **filters)
     if suffix in (".xyz", ".extxyz"):
         return read_extxyz(path, **filters)
     if suffix in (".jsonl", ".jsonl.gz"):
-        from battgen.sources.materials_project import read_snapshot_batch
-
         return read_snapshot_batch(path, **filters)
     if suffix in (".json", ".json.gz"):
         return read_entries_json(path, **filters)
@@ -465,6 +430,41 @@ def read_structures(path: str | Path, **filters: Any) -> tuple[StructureBatch, S
     raise SourceFormatError(
         f"{path.name}: unknown source suffix {suffix!r}; supported: {', '.join(SUPPORTED_SUFFIXES)}"
     )
+
+
+def is_battgen_batch(path: str | Path) -> bool:
+    """Whether ``path`` is a battgen batch file (gzipped JSON lines with the batch header)."""
+    from battgen.batch import BATCH_FORMAT
+
+    try:
+        with gzip.open(path, "rt", encoding="utf-8") as handle:
+            header = json.loads(handle.readline())
+    except (OSError, EOFError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(header, dict) and header.get("format") == BATCH_FORMAT
+
+
+def read_input_batch(path: str | Path) -> StructureBatch:
+    """The structures of a command's ``input``: a battgen batch file, or any source :func:`read_structures`
+    reads (CSV, extended XYZ, entries JSON, CIF, POSCAR, MP snapshot, ASE database, a folder of CIF/POSCAR
+    files). Unusable rows of a source are skipped (counted in a warning); an unusable file raises
+    :class:`~battgen.batch.BatchFormatError` naming what is accepted."""
+    from battgen.batch import BatchFormatError
+
+    path = Path(path)
+    if not path.exists():
+        raise BatchFormatError(f"input {path.name} does not exist")
+    if path.is_file() and is_battgen_batch(path):
+        return StructureBatch.read(path)
+    try:
+        batch, report = read_structures(path)
+    except SourceFormatError as exc:
+        raise BatchFormatError(f"{path.name} is neither a battgen batch file nor a structure source the readers "
+                               f"know ({', '.join(SUPPORTED_SUFFIXES)}, POSCAR, a folder of CIF/POSCAR files): {exc}"
+                               ) from exc
+    if report.n_skipped:
+        warnings.warn(f"{path.name}: {report}", stacklevel=2)
+    return batch
 
 
 def describe_source_file(path: str | Path) -> dict[str, Any]:
@@ -476,8 +476,6 @@ def describe_source_file(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     suffix = _suffix(path)
     if suffix in (".jsonl", ".jsonl.gz"):
-        from battgen.sources.materials_project import read_snapshot
-
         header, records = read_snapshot(path)
         return {
             "source_kind": "materials_project",
@@ -492,9 +490,13 @@ def describe_source_file(path: str | Path) -> dict[str, Any]:
         csv.field_size_limit(2**31 - 1)
         with _open_text(path) as handle:
             reader = csv.DictReader(handle)
-            if "cif" not in (reader.fieldnames or []):
-                raise SourceFormatError(f"{path.name}: no 'cif' column (columns: {(reader.fieldnames or [])[:12]})")
+            _csv_columns(path, reader.fieldnames, None)
             description.update(format="csv", n_records=sum(1 for _ in reader))
+    elif suffix == ".db":
+        description.update(format="ase_db", n_records=read_ase_db(path)[1].n_read)
+    elif _is_poscar(path):
+        read_poscar_file(path)
+        description.update(format="poscar", n_records=1)
     elif suffix in (".xyz", ".extxyz"):
         from ase.io import iread
 

@@ -30,7 +30,7 @@ from pymatgen.core import Element, Structure
 from pymatgen.entries.computed_entries import ComputedStructureEntry
 
 from battgen.batch import StructureBatch
-from battgen.sources.files import RowFilter, SkipReport, SourceFormatError, _Collector, _progress
+from battgen.sources.common import RowFilter, SkipReport, SourceFormatError, _Collector, _progress
 
 LOGGER = logging.getLogger(__name__)
 
@@ -180,31 +180,32 @@ def _is_auth_failure(exc: Exception) -> bool:
     return bool(re.search(r"\b(401|403)\b", message)) or "api key" in message or "api_key" in message
 
 
-def _doc_value(doc: Any, name: str) -> Any:
+def doc_value(doc: Any, name: str) -> Any:
+    """A field of an MP summary document, whether a document model or a plain dict."""
     return doc.get(name) if isinstance(doc, dict) else getattr(doc, name, None)
 
 
 def _doc_to_record(doc: Any) -> dict[str, Any]:
     """One snapshot record (plain JSON) from an MP summary document (document model or dict)."""
-    structure = _doc_value(doc, "structure")
+    structure = doc_value(doc, "structure")
     if isinstance(structure, dict):
         structure = Structure.from_dict(structure)
-    material_id = str(_doc_value(doc, "material_id"))
-    energy = _doc_value(doc, "energy_per_atom")
-    uncorrected = _doc_value(doc, "uncorrected_energy_per_atom")
-    symmetry = _doc_value(doc, "symmetry")
+    material_id = str(doc_value(doc, "material_id"))
+    energy = doc_value(doc, "energy_per_atom")
+    uncorrected = doc_value(doc, "uncorrected_energy_per_atom")
+    symmetry = doc_value(doc, "symmetry")
     record: dict[str, Any] = {
         "material_id": material_id,
-        "formula": _doc_value(doc, "formula_pretty") or structure.composition.reduced_formula,
+        "formula": doc_value(doc, "formula_pretty") or structure.composition.reduced_formula,
         "structure": structure.as_dict(),
-        "formation_energy_per_atom_eV": _doc_value(doc, "formation_energy_per_atom"),
-        "band_gap_eV": _doc_value(doc, "band_gap"),
-        "e_above_hull_eV_per_atom": _doc_value(doc, "energy_above_hull"),
+        "formation_energy_per_atom_eV": doc_value(doc, "formation_energy_per_atom"),
+        "band_gap_eV": doc_value(doc, "band_gap"),
+        "e_above_hull_eV_per_atom": doc_value(doc, "energy_above_hull"),
         "energy_per_atom_eV": energy,
         "uncorrected_energy_per_atom_eV": uncorrected,
-        "is_stable": _doc_value(doc, "is_stable"),
-        "theoretical": _doc_value(doc, "theoretical"),
-        "spacegroup_symbol": _doc_value(symmetry, "symbol") if symmetry is not None else None,
+        "is_stable": doc_value(doc, "is_stable"),
+        "theoretical": doc_value(doc, "theoretical"),
+        "spacegroup_symbol": doc_value(symmetry, "symbol") if symmetry is not None else None,
         "entry": None,
     }
     if energy is not None and uncorrected is not None:
@@ -345,7 +346,7 @@ def run_query_command(config: dict[str, Any], workdir: Path) -> dict[str, Any]:
     Config: ``query:`` (the :class:`MPQuery` fields), optional ``snapshot`` and ``batch`` file names. The API
     key comes from the environment only, never from the config (the config is copied into the summary).
     """
-    from battgen.cli import InvalidInputError
+    from battgen.errors import InvalidInputError
 
     unknown = set(config) - {"query", "snapshot", "batch"}
     if unknown & {"api_key", "mp_api_key", "key"}:

@@ -12,9 +12,11 @@ together with a label, the energy-correction scheme and the counts of what went 
   :mod:`battgen.stability.elemental` plus known phases, all relaxed with the same model as the
   candidates. Label it with the model, e.g. ``mlip:chgnet-0.4.2 (elemental + host references)``.
 
-**MLIP candidates against an MP hull.** Universal potentials such as CHGNet are trained on raw
-(uncorrected) MP GGA/GGA+U energies, while MP hulls contain MP2020 anion and GGA/GGA+U mixing
-corrections. As matbench-discovery does for CHGNet, the candidate's energy is therefore wrapped in a
+**MLIP candidates against an MP hull.** MP hulls contain MP2020 anion and GGA/GGA+U mixing corrections.
+Potentials trained on MPtrj's corrected energies (CHGNet, SevenNet-0) already predict on that scale and take
+``candidate_compatibility=None`` (``battgen.known_materials.MLIP_CANDIDATE_COMPATIBILITY``); a potential
+trained on raw GGA/GGA+U energies (M3GNet-MP-2021) needs the correction. As matbench-discovery does for
+such models, the candidate's energy is then wrapped in a
 ``ComputedStructureEntry`` carrying the parameters of the MP calculation it emulates (GGA+U with MP's
 U values when the structure is an oxide or fluoride of Co, Cr, Fe, Mn, Mo, Ni, V or W, GGA otherwise;
 MPRelaxSet POTCAR symbols) and processed by ``MaterialsProject2020Compatibility`` before it is placed
@@ -28,11 +30,9 @@ below the hull would be a new ground state of that hull (``allow_negative`` in p
 from __future__ import annotations
 
 import functools
-import json
 import warnings
 from collections.abc import Iterable
 from importlib import metadata
-from pathlib import Path
 from typing import Any, NamedTuple
 
 from pymatgen.analysis.phase_diagram import PhaseDiagram
@@ -41,7 +41,7 @@ from pymatgen.entries.compatibility import MaterialsProject2020Compatibility
 from pymatgen.entries.computed_entries import ComputedEntry, ComputedStructureEntry
 from pymatgen.io.vasp.sets import MPRelaxSet
 
-from battgen.batch import BatchFormatError, StructureBatch
+from battgen.batch import StructureBatch
 
 MP2020 = "MP2020"
 COMPATIBILITY_SCHEMES = (MP2020, None)
@@ -365,93 +365,6 @@ def annotate_batch(
     return batch.with_columns(**columns)
 
 
-# --- `battgen hull` --------------------------------------------------------------------------------
-def _resolve(workdir: Path, value: Any, key: str) -> Path:
-    from battgen.cli import InvalidInputError
-
-    if not isinstance(value, str) or not value:
-        raise InvalidInputError(f"config key {key!r} must be a file path")
-    path = Path(value)
-    return path if path.is_absolute() else workdir / path
-
-
-def hull_from_config(config: dict[str, Any], workdir: Path) -> ReferenceHull:
-    """The reference hull a ``battgen hull`` config asks for (``reference_batch`` or ``reference_entries``)."""
-    from battgen.cli import InvalidInputError
-
-    from battgen.stability.entries import EntriesFormatError, load_entries
-
-    has_batch, has_entries = "reference_batch" in config, "reference_entries" in config
-    if has_batch == has_entries:
-        raise InvalidInputError("give exactly one of 'reference_batch' (MLIP energies) or 'reference_entries'")
-    try:
-        if has_batch:
-            path = _resolve(workdir, config["reference_batch"], "reference_batch")
-            compatibility = config.get("compatibility")
-            _check_scheme(compatibility)
-            label = config.get("label") or f"energy batch {path.name}"
-            return ReferenceHull.from_energy_batch(StructureBatch.read(path), label, compatibility)
-        path = _resolve(workdir, config["reference_entries"], "reference_entries")
-        compatibility = config.get("compatibility", MP2020)
-        _check_scheme(compatibility)
-        label = config.get("label") or f"entries {path.name} ({compatibility or 'as stored'})"
-        return ReferenceHull.from_entries(load_entries(path), label, compatibility, copy=False)
-    except (HullError, BatchFormatError, EntriesFormatError) as exc:
-        raise InvalidInputError(str(exc)) from exc
-
-
-_HULL_CONFIG_KEYS = {"structures", "reference_batch", "reference_entries", "label", "compatibility",
-                     "candidate_compatibility", "output"}
-
-
-def run_hull_command(config: dict[str, Any], workdir: Path) -> dict[str, Any]:
-    """``battgen hull``: annotate a batch with energies against a reference hull.
-
-    Config: ``structures`` (batch file with ``energy_eV`` per row), one of ``reference_batch`` (batch
-    file with ``energy_eV``: the MLIP route) or ``reference_entries`` (``.json[.gz]`` entries or
-    ``.jsonl[.gz]`` snapshot), optional ``label``, ``compatibility`` (``MP2020`` or null; default MP2020
-    for entries, null for a reference batch), ``candidate_compatibility`` (default: ``compatibility``)
-    and ``output`` (default ``annotated.jsonl.gz``). Writes the annotated batch and ``hull.json``.
-    """
-    from battgen.cli import InvalidInputError
-
-    unknown = sorted(set(config) - _HULL_CONFIG_KEYS)
-    if unknown:
-        raise InvalidInputError(f"unknown config key(s) {unknown}; allowed: {sorted(_HULL_CONFIG_KEYS)}")
-    if "structures" not in config:
-        raise InvalidInputError("config needs 'structures': the batch file with energy_eV per row")
-    try:
-        batch = StructureBatch.read(_resolve(workdir, config["structures"], "structures"))
-    except BatchFormatError as exc:
-        raise InvalidInputError(str(exc)) from exc
-    if all(meta.get("energy_eV") is None for meta in batch.meta):
-        raise InvalidInputError(f"none of the {len(batch)} rows of {config['structures']} has an energy_eV")
-    hull = hull_from_config(config, workdir)
-    candidate_compatibility = config.get("candidate_compatibility", hull.compatibility)
-    try:
-        _check_scheme(candidate_compatibility)
-    except HullError as exc:
-        raise InvalidInputError(str(exc)) from exc
-
-    annotated = annotate_batch(batch, hull, candidate_compatibility)
-    output = config.get("output", DEFAULT_OUTPUT)
-    annotated.write(workdir / output)
-    description = hull.describe()
-    (workdir / HULL_DESCRIPTION_FILE).write_text(json.dumps(description, indent=1), encoding="utf-8")
-    e_hull = [v for v in annotated.column("e_above_hull_eV_per_atom") if v is not None]
-    return {
-        "annotated": output,
-        "hull_description": HULL_DESCRIPTION_FILE,
-        "hull_label": hull.label,
-        "candidate_compatibility": candidate_compatibility,
-        "n_rows": len(annotated),
-        "n_annotated": len(e_hull),
-        "n_errors": sum(v is not None for v in annotated.column("hull_error")),
-        "n_on_or_below_hull": sum(v <= 1e-8 for v in e_hull),
-        "units": {"e_above_hull_eV_per_atom": "eV/atom", "formation_energy_per_atom_eV": "eV/atom"},
-    }
-
-
 __all__ = [
     "MP2020",
     "HullError",
@@ -461,5 +374,4 @@ __all__ = [
     "ReferenceHull",
     "annotate_batch",
     "mp_style_entry",
-    "run_hull_command",
 ]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from battgen.batch import StructureBatch
-from battgen.predictors.base import PREDICTED_PREFIX
+from battgen.contracts.predict import PREDICTED_PREFIX
 from battgen.stability.hull import HullError, ReferenceHull
 
 E_HULL_COLUMN = "predicted_e_above_hull_eV_per_atom"

@@ -22,14 +22,17 @@ from battgen.batch import StructureBatch
 from battgen.channels.reference_structures import hollandite_mno2, olivine_lifepo4, rutile_tio2
 
 
-def test_entry_points_and_constants_match_the_science_layer():
+def test_entry_points_and_one_contract_for_both_layers():
     from battgen.channels import analysis
+    from battgen.contracts import channels as contract
 
     assert CalculationFactory("battgen.channels") is ChannelAnalysisCalculation
     assert ParserFactory("battgen.channels").__name__ == "ChannelAnalysisParser"
-    assert (calc.OUTPUT_BATCH, calc.OUTPUT_TABLE_CSV, calc.OUTPUT_TABLE_JSON, calc.OUTPUT_FIGURE) == (
+    assert ChannelAnalysisCalculation.OUTPUT_FILES == contract.OUTPUT_FILES == (
         analysis.OUTPUT_BATCH, analysis.OUTPUT_TABLE_CSV, analysis.OUTPUT_TABLE_JSON, analysis.OUTPUT_FIGURE)
-    assert set(calc.PARAMETERS_SCHEMA) == analysis._CONFIG_KEYS - {"input", "progress"}
+    assert contract.ChannelSettings.parameter_fields() == ["engine", "probe_radius_A", "mobile_ion", "radii",
+                                                            "grid_spacing_A"]
+    assert calc.validate_channel_parameters(orm.Dict({"engine": "cavd", "probe_radius_A": 0})) is None
 
 
 def test_aiida_layer_does_not_import_torch():
@@ -49,7 +52,7 @@ def test_exit_codes_below_400_invalidate_cache():
 
 @pytest.mark.parametrize(("parameters", "match"), [
     ({"probe": 1.0}, r"unknown parameter\(s\) \['probe'\]"),
-    ({"probe_radius_A": -0.1}, "≥ 0"),
+    ({"probe_radius_A": -0.1}, r"probe_radius_A must be a non-negative number \(Å\)"),
     ({"radii": "ionic"}, "radii must be"),
     ({"engine": "voronoi"}, "engine must be"),
     ({"grid_spacing_A": True}, "got a bool"),
@@ -69,7 +72,7 @@ def test_prepare_for_submission(aiida_profile, battgen_code):
         with folder.open("config.yaml") as handle:
             config = yaml.safe_load(handle)
     assert config == {"input": calc.INPUT_FILENAME, "progress": False, "mobile_ion": "Li"}
-    assert calcinfo.codes_info[0].cmdline_params == ["channels", "--config", "config.yaml", "--workdir", "."]
+    assert calcinfo.codes_info[0].cmdline_params == ["channels", "--config", "config.yaml", "--workdir", ".", "--threads", "1"]
     assert calcinfo.local_copy_list == [(structures.uuid, StructureBatchData.FILENAME, calc.INPUT_FILENAME)]
 
 
@@ -96,7 +99,7 @@ def test_channels_end_to_end_on_localhost(aiida_profile, battgen_code):
 def test_failed_rows_give_410_and_rejected_input_303(aiida_profile, battgen_code):
     """A row with nothing but the mobile ion cannot be analysed: the other rows still are, the job ends with
     410 and its outputs attached (failure reasons in output_parameters). A mobile ion that is not an element
-    is rejected by the CLI: 303, nothing attached."""
+    is refused at submit by the command's settings model: no CalcJob at all."""
     from pymatgen.core import Lattice, Structure
 
     batch = StructureBatch.from_structures([rutile_tio2(), Structure(Lattice.cubic(3.5), ["Li"], [[0, 0, 0]])])
@@ -104,6 +107,8 @@ def test_failed_rows_give_410_and_rejected_input_303(aiida_profile, battgen_code
                                  parameters=orm.Dict({"mobile_ion": "Li"}))
     assert node.exit_status == 410 and results["output_parameters"]["n_failed"] == 1
     assert "nothing left" in next(iter(results["output_parameters"]["failures"].values()))
-    results, node = run_get_node(ChannelAnalysisCalculation, code=battgen_code, structures=StructureBatchData(batch),
-                                 parameters=orm.Dict({"mobile_ion": "Xx"}))
-    assert node.exit_status == 303 and "output_parameters" not in results
+    calcjobs = orm.QueryBuilder().append(orm.CalcJobNode).count()
+    with pytest.raises(ValueError, match=r"parameters.mobile_ion: must be an element symbol, got 'Xx'"):
+        run_get_node(ChannelAnalysisCalculation, code=battgen_code, structures=StructureBatchData(batch),
+                     parameters=orm.Dict({"mobile_ion": "Xx"}))
+    assert orm.QueryBuilder().append(orm.CalcJobNode).count() == calcjobs

@@ -17,7 +17,7 @@ BIN = Path(sys.executable).parent
 TINY = {
     "generation": {"n": 20, "conditions": {"max_per_seed": 6}},
     "preselection": {"top_k": 2},
-    "relax": {"max_steps": 30, "fmax": 0.2},
+    "relax": {"relax": {"parameters": {"max_steps": 30, "fmax": 0.2}}},
     "shortlist": {"top_k": 2, "max_values": {"e_above_hull_eV_per_atom": 2.0}},
 }
 

@@ -12,7 +12,7 @@ HOSTS = ["LiCoO2", "Li2O", "LiCl", "Si"]
 TINY = {
     "generation": {"n": 30, "conditions": {"max_per_seed": 8}},
     "preselection": {"top_k": 3},
-    "relax": {"max_steps": 40, "fmax": 0.2},
+    "relax": {"relax": {"parameters": {"max_steps": 40, "fmax": 0.2}}},
     "shortlist": {"top_k": 3, "max_values": {"e_above_hull_eV_per_atom": 2.0}},
 }
 
@@ -39,12 +39,37 @@ def test_discovery_finishes_with_a_consistent_funnel(discovery_run):
     assert values == sorted(values, reverse=True), counts  # a funnel never grows
     assert counts["generated"] <= 30 and counts["preselected"] == 3
     assert counts["shortlisted"] == len(node.outputs.candidates) >= 1
-    hull = node.outputs.hull.get_dict()
-    assert hull["label"].startswith("mlip:chgnet")
-    # every sub-process has a call link label
+    hull = node.outputs.hull.get_dict()  # the embedded known-materials hull is the offline default
+    assert hull["label"].startswith("known materials v1") and hull["source"] == "known_materials"
+    assert hull["candidate_compatibility"] is None  # CHGNet learned MP2020-corrected energies
+    # every sub-process has a call link label; no reference relaxation against a stored hull
     labels = {link.link_label for link in node.base.links.get_outgoing().all() if link.link_type.value.startswith("call")}
-    assert {"generate_substitution", "screen_validity", "screen_novelty", "relax_candidates", "relax_references",
+    assert {"generate_substitution", "screen_validity", "screen_novelty", "relax_candidates",
             "energy_above_hull", "shortlist", "funnel_summary"} <= labels
+    assert "relax_references" not in labels
+
+
+@pytest.mark.slow
+def test_shortlist_is_new_against_the_known_materials(discovery_run):
+    """No shortlisted candidate's formula + structure is in the reference; none is ranked on an incomplete
+    hull; every E_hull is against the MP2020 hull; novelty rejections name MP ids."""
+    from battgen.known_materials import KnownMaterials
+    from battgen.screen.novelty import make_matcher
+
+    known = KnownMaterials.load()
+    reference = known.structure_batch()
+    matcher = make_matcher()
+    shortlist = discovery_run.outputs.shortlist.get_batch()
+    assert len(shortlist) >= 1
+    for meta, structure in shortlist:
+        assert meta["hull_incomplete"] is False and meta["relaxed_matches_known"] is None
+        assert meta["e_above_hull_eV_per_atom"] is not None and meta["hull_label"].startswith("known materials v1")
+        same_formula = [s for m, s in reference if m["formula"] == structure.composition.reduced_formula]
+        assert not any(matcher.fit(structure, other) for other in same_formula), meta["row_id"]
+    novelty = next(link.node for link in discovery_run.base.links.get_outgoing().all()
+                   if link.link_label == "screen_novelty")
+    reasons = novelty.outputs.rejected.get_batch().column("reject_reason")
+    assert all(reason.startswith("matches reference ") for reason in reasons)
 
 
 @pytest.mark.slow
@@ -91,14 +116,17 @@ def test_node_count_does_not_grow_with_candidates(aiida_profile):
     """Runs with 10 and 60 generated candidates add the same number of nodes, up to the shortlist."""
     from aiida_battgen.tools.profiles import ensure_battgen_code, ensure_localhost
 
+    from aiida_battgen.data.known_materials import known_materials_node
+
     code = ensure_battgen_code(ensure_localhost())
+    known_materials_node()  # stored once per profile, before either run is counted
     added = {}
     for n in (10, 60):
         settings = {
             "generation": {"n": n, "conditions": {"threshold": 1e-5, "max_per_seed": 1000,
                                                   "max_substituted_species": 2}},
             "preselection": {"top_k": 2},
-            "relax": {"fmax": 1.0, "max_steps": 60},
+            "relax": {"relax": {"parameters": {"fmax": 1.0, "max_steps": 60}}},
             "shortlist": {"top_k": 2, "max_values": {"e_above_hull_eV_per_atom": 10.0}},
         }
         before = orm.QueryBuilder().append(orm.Node).count()
@@ -141,8 +169,9 @@ def test_file_snapshot_source_and_entries_hull(aiida_profile, tmp_path):
     builder = DiscoveryWorkChain.get_builder_from_protocol(
         code, snapshot=SourceSnapshotData.from_file(csv_path), protocol="fast",
         overrides={"generation": {"n": 10, "conditions": {"allowed_elements": ["Li", "Na", "Co", "O"]}},
-                   "preselection": {"top_k": 2}, "relax": {"fmax": 0.5, "max_steps": 40},
+                   "preselection": {"top_k": 2}, "relax": {"relax": {"parameters": {"fmax": 0.5, "max_steps": 40}}},
                    "hull": {"compatibility": None},
+                   "known_materials": None,  # this test is about the given entries and the seeds
                    "shortlist": {"top_k": 2, "max_values": {"e_above_hull_eV_per_atom": 100.0}}},
     )
     builder.hull_reference_entries = orm.SinglefileData(entries_path)

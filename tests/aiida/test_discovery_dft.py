@@ -45,14 +45,15 @@ def test_discovery_shortlist_to_dft_energy(aiida_profile, battgen_code, pw_code,
         "generation": {"n": 4, "conditions": {"threshold": 0.0001, "max_per_seed": 4,
                                               "allowed_elements": ["Si", "C", "Ge"]}},
         "preselection": {"top_k": 2},
-        "relax": {"max_steps": 40, "fmax": 0.2},
+        "relax": {"relax": {"parameters": {"max_steps": 40, "fmax": 0.2}}},
         "shortlist": {"top_k": 2, "max_values": {"e_above_hull_eV_per_atom": 2.0}},
-        "dft": {"enabled": True, "engine": "quantumespresso", "protocol": "fast", "family": qe_family.label,
-                "overrides": QE_FAST, "top_k": 1},
+        "known_materials": None,  # MLIP hull: Ge-C has no known compound, the DFT stage needs a shortlist
+        "dft": {"engine": "quantumespresso", "protocol": "fast", "family": qe_family.label, "overrides": QE_FAST},
+        "dft_top_k": 1,
     }
-    with pytest.raises(ValueError, match="dft_code"):
-        DiscoveryWorkChain.get_builder_from_protocol(battgen_code, seed_structures=seeds, protocol="fast",
-                                                     overrides=overrides)
+    without_code = DiscoveryWorkChain.get_builder_from_protocol(battgen_code, seed_structures=seeds, protocol="fast",
+                                                                overrides=overrides)
+    assert not without_code.get("dft")  # no DFT code: no DFT stage
     builder = DiscoveryWorkChain.get_builder_from_protocol(battgen_code, seed_structures=seeds, protocol="fast",
                                                            overrides=overrides, dft_code=pw_code, dft_options=SERIAL)
     results, node = run_get_node(builder)
@@ -77,11 +78,26 @@ def test_discovery_shortlist_to_dft_energy(aiida_profile, battgen_code, pw_code,
                if isinstance(orm.load_node(pk), orm.CalcJobNode))
 
 
-def test_dft_stage_is_off_by_default_and_validated():
+def test_dft_stage_is_exposed_inputs_off_by_default_and_validated(aiida_profile, aiida_localhost):
+    from aiida_battgen.workchains.dft_formation import DftFormationEnergyWorkChain
     from aiida_battgen.workchains.discovery import DiscoveryWorkChain, validate_dft
 
-    assert DiscoveryWorkChain.get_protocol_inputs()["dft"]["enabled"] is False
-    assert validate_dft({"enabled": False}, has_code=False) is None
-    assert "dft_code" in validate_dft({"enabled": True, "engine": "vasp", "top_k": 1}, has_code=False)
-    assert "top_k" in validate_dft({"enabled": True, "engine": "vasp", "top_k": 0}, has_code=True)
-    assert "unknown" in validate_dft({"enabled": True, "engine": "vasp", "top_k": 1, "topk": 2}, has_code=True)
+    dft_port = DiscoveryWorkChain.spec().inputs["dft"]
+    formation_ports = set(DftFormationEnergyWorkChain.spec().inputs) - {"structure", "mp_entries"}
+    assert set(dft_port) == formation_ports  # the child's own ports, not a Dict checked by hand
+    assert not dft_port.required
+    assert validate_dft({}, top_k=3) is None  # off: nothing to check
+    assert "dft_top_k" in validate_dft({"engine": "vasp"}, top_k=0)
+    code = orm.InstalledCode(computer=aiida_localhost, filepath_executable="/bin/true", label="pw-stand-in")
+    builder = DiscoveryWorkChain.get_builder_from_protocol(
+        code, protocol="fast", dft_code=code, dft_options={"max_wallclock_seconds": 60},
+        overrides={"dft": {"engine": "vasp", "family": "PBE.54"}, "dft_top_k": 2})
+    assert builder.dft.engine.value == "vasp" and builder.dft.family.value == "PBE.54"
+    assert builder.dft.protocol.value == "balanced" and builder.dft.code is code
+    assert builder.dft.options["max_wallclock_seconds"] == 60 and builder.dft_top_k.value == 2
+    dft_namespace = DiscoveryWorkChain.spec().inputs["dft"]  # carries the formation chain's own validator
+    assert dft_namespace.validate(builder.dft._inputs(prune=True)) is None
+    bad = {**builder.dft._inputs(prune=True), "engine": orm.Str("castep")}
+    assert "engine must be vasp or quantumespresso" in str(dft_namespace.validate(bad))
+    with pytest.raises(Exception, match="unknown protocol key 'dft.enabled'"):
+        DiscoveryWorkChain.get_protocol_inputs("fast", overrides={"dft": {"enabled": True}})

@@ -70,10 +70,11 @@ def test_aiida_generator_layer_does_not_import_torch():
 
 
 @pytest.mark.parametrize(("parameters", "message"), [
-    ({"generator": "cdvae"}, "need `n`"),
+    ({"generator": "cdvae"}, r"parameters.n is required"),
     ({"generator": "cdvae", "n": 0}, "at least 1"),
     ({"generator": "cdvae", "n": 5, "options": {"model": "x"}}, "`model` input"),
     ({"generator": "cdvae", "n": 5, "temperature": 1.0}, "unknown parameter"),
+    ({"generator": "cdvae", "n": 5, "device": "gpu"}, "`device` must be one of"),
 ])
 def test_generate_parameters_are_validated(battgen_code, parameters, message):
     builder = GenerateCalculation.get_builder()
@@ -105,6 +106,25 @@ def test_generate_copies_the_model_tree_and_writes_the_config(battgen_code, mode
                       "output": "generated.jsonl.gz", "options": {"model": "model"}, "input": "seeds.jsonl.gz"}
     assert (builder.model.uuid, "", "model") in calcinfo.local_copy_list
     assert "generated.jsonl.gz" in calcinfo.retrieve_list
+
+
+@pytest.mark.parametrize("calculation", [GenerateCalculation, GeneratorTrainCalculation])
+def test_the_device_setting_reaches_the_config(battgen_code, model_dir, small_batch, calculation):
+    builder = calculation.get_builder()
+    builder.code = battgen_code
+    if calculation is GenerateCalculation:
+        builder.model = ModelData.from_directory(model_dir).store()
+        builder.parameters = orm.Dict({"generator": "cdvae", "n": 2, "device": "cuda:1"})
+    else:
+        builder.training_structures = StructureBatchData(small_batch).store()
+        builder.parameters = orm.Dict({"generator": "cdvae", "device": "cuda:1"})
+    process = instantiate_process(get_manager().get_runner(), calculation, **builder)
+    with SandboxFolder() as folder:
+        process.prepare_for_submission(folder)
+        config = yaml.safe_load(open(folder.get_abs_path("config.yaml")).read())
+    assert config["device"] == "cuda:1"
+    with pytest.raises(ValueError, match="`device` must be one of"):
+        builder.parameters = orm.Dict({**builder.parameters.get_dict(), "device": "gpu0"})
 
 
 def test_substitution_through_the_generate_calcjob_feeds_screening(battgen_code, small_batch):

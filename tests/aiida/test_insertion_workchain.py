@@ -23,19 +23,19 @@ from battgen.channels.reference_structures import rutile_tio2
 pytestmark = pytest.mark.usefixtures("aiida_profile_clean")
 
 
-def test_entry_points_and_constants_match_the_science_layer():
+def test_entry_points_and_one_contract_for_both_layers():
     from battgen.insertion import potential
 
     assert CalculationFactory("battgen.insertion") is InsertionCalculation
     assert CalculationFactory("battgen.insertion_voltage") is insertion_voltage
     assert ParserFactory("battgen.insertion").__name__ == "InsertionParser"
     assert WorkflowFactory("battgen.insertion") is InsertionPotentialWorkChain
-    assert (calc.OUTPUT_BATCH, calc.OUTPUT_TABLE_CSV, calc.OUTPUT_TABLE_JSON, calc.OUTPUT_FIGURE) == (
+    assert InsertionCalculation.OUTPUT_FILES == (
         potential.OUTPUT_BATCH, potential.OUTPUT_TABLE_CSV, potential.OUTPUT_TABLE_JSON, potential.OUTPUT_FIGURE)
-    assert calc.ION_CHARGES == ION_CHARGES == potential.ION_CHARGES
-    assert set(calc.PARAMETERS_SCHEMA) == potential._CONFIG_KEYS - {"input", "progress", "bader"}
-    for code in InsertionCalculation.spec().exit_codes.values():
-        assert code.invalidates_cache == (code.status < 400), code
+    # pymatgen's formal charges, one source for the calcfunction and the science command
+    assert ION_CHARGES == potential.ION_CHARGES == {"Li": 1, "Na": 1, "K": 1, "Mg": 2, "Ca": 2, "Zn": 2, "Al": 3}
+    assert calc.validate_insertion_parameters(orm.Dict({"ions": ["Mg"], "n_ions": [1, 2], "fmax": 0.1})) is None
+    # the cache contract of its exit codes: tests/aiida/calculations/test_autoinvalidate_cache.py (every CalcJob)
 
 
 def test_insertion_voltage_calcfunction_by_hand():
@@ -97,9 +97,10 @@ def test_protocols():
     assert set(InsertionPotentialWorkChain.get_available_protocols()) == {"fast", "balanced", "stringent"}
     fast = InsertionPotentialWorkChain.get_protocol_inputs("fast")
     stringent = InsertionPotentialWorkChain.get_protocol_inputs("stringent")
-    assert fast["parameters"]["fmax"] > stringent["parameters"]["fmax"] == 0.02  # seed 001's DFT force criterion
+    fmax = [inputs["insertion"]["parameters"]["fmax"] for inputs in (fast, stringent)]
+    assert fmax[0] > fmax[1] == 0.02  # seed 001's DFT force criterion (from relax_base.yaml)
     with pytest.raises(UnknownProtocolKeyError):
-        InsertionPotentialWorkChain.get_protocol_inputs("fast", overrides={"parameters": {"fmaxx": 1}})
+        InsertionPotentialWorkChain.get_protocol_inputs("fast", overrides={"insertion": {"parameters": {"fmaxx": 1}}})
 
 
 @pytest.mark.slow
@@ -107,8 +108,8 @@ def test_workchain_end_to_end_with_not_converged_restart(battgen_code):
     """Li into rutile (1×1×2) with CHGNet and 2 optimiser steps: the calculation ends 410 (not converged), the
     handler doubles max_steps, and after max_iterations the work chain gives up with the outputs of the last
     run still readable; a second run with enough steps finishes cleanly with V > 0."""
-    overrides = {"max_iterations": 2, "parameters": {"max_steps": 2, "supercell": [1, 1, 2], "max_site_types": 1,
-                                                     "reference_energies_eV_per_atom": {"Li": -1.8978}}}
+    overrides = {"max_iterations": 2, "insertion": {"parameters": {
+        "max_steps": 2, "supercell": [1, 1, 2], "max_site_types": 1, "reference_energies_eV_per_atom": {"Li": -1.8978}}}}
     builder = InsertionPotentialWorkChain.get_builder_from_protocol(
         battgen_code, orm.StructureData(pymatgen=rutile_tio2()), protocol="fast", overrides=overrides)
     results, node = run_get_node(builder)
@@ -117,8 +118,8 @@ def test_workchain_end_to_end_with_not_converged_restart(battgen_code):
     assert [c.inputs.parameters["max_steps"] for c in calls] == [2, 4]
     assert node.exit_status == 401  # BaseRestartWorkChain: maximum iterations exceeded
 
-    overrides["parameters"]["max_steps"] = 60
-    del overrides["parameters"]["reference_energies_eV_per_atom"]  # bulk Li relaxed with CHGNet
+    overrides["insertion"]["parameters"]["max_steps"] = 60
+    del overrides["insertion"]["parameters"]["reference_energies_eV_per_atom"]  # bulk Li relaxed with CHGNet
     builder = InsertionPotentialWorkChain.get_builder_from_protocol(
         battgen_code, orm.StructureData(pymatgen=rutile_tio2()), protocol="fast", overrides=overrides)
     results, node = run_get_node(builder)

@@ -29,17 +29,18 @@ SHORT_MD = {"mlip": "chgnet", "npt_time_ps": 0.0, "nvt_time_ps": 0.24, "timestep
             "chunk_steps": 60, "supercell_min_atoms": 16, "working_ion": "Li", "downsampled_max_frames": 20}
 
 
-def test_constants_match_the_science_layer():
+def test_one_contract_for_both_layers():
+    from battgen.contracts import md as contract
     from battgen.md import analysis, run
 
-    assert (md_calc.MD_SUMMARY_FILENAME, md_calc.MD_STATE_FILENAME, md_calc.TRAJ_DIRNAME, md_calc.DOWNSAMPLED_FILENAME,
-            md_calc.MSD_FILENAME, md_calc.MD_INITIAL_STRUCTURE_FILENAME) == (
-        run.SUMMARY_FILENAME, run.STATE_FILENAME, run.TRAJ_DIRNAME, run.DOWNSAMPLED_FILENAME, run.MSD_FILENAME,
-        run.INITIAL_STRUCTURE_FILENAME)
-    assert (md_calc.DIFFUSION_RESULTS_FILENAME, md_calc.MSD_FIGURE_FILENAME) == (analysis.RESULTS_FILENAME,
-                                                                                   analysis.MSD_FIGURE)
-    assert md_calc.MD_KEYS <= set(run.MD_DEFAULTS)
-    assert md_calc.ANALYSIS_KEYS <= set(analysis.DIFFUSION_DEFAULTS)
+    assert md_calc.MdCalculation.OUTPUT_FILES == (run.SUMMARY_FILENAME, run.DOWNSAMPLED_FILENAME, run.MSD_FILENAME)
+    assert md_calc.RESTART_FILES == contract.RESTART_FILES and run.TRAJ_DIRNAME in md_calc.RESTART_FILES
+    assert run.MD_DEFAULTS == contract.MdSettings.defaults()
+    assert analysis.DIFFUSION_DEFAULTS == contract.DiffusionSettings.defaults()
+    # every one of the md keys is in the port's help, with its unit where it has one
+    help_text = md_calc.MdCalculation.spec().inputs["parameters"].help
+    assert all(key in help_text for key in contract.MdSettings.parameter_fields())
+    assert "temperature_K (K; a positive number; default 1200.0)" in help_text
 
 
 def test_md_continues_across_budget_stops_and_analyses(battgen_code):

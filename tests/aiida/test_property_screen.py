@@ -144,4 +144,4 @@ def test_train_and_models_commands(battgen_code, labelled_hosts, tmp_path):
     assert listing.exit_code == 0 and "magpie-cnn" in listing.output and "PredictorTrainCalculation" in listing.output
     bad = runner.invoke(cmd_root, ["train", "predictor", "magpie-cnn", "--structures", "999999", "--target", TARGET,
                                    "--code", code_label])
-    assert bad.exit_code != 0 and "invalid input" in bad.output
+    assert bad.exit_code != 0 and "no StructureBatchData found with ID<999999>" in bad.output

@@ -17,15 +17,18 @@ def test_protocols_resolve(discovery):
     assert discovery.get_default_protocol() == "balanced"
     fast = discovery.get_protocol_inputs("fast")
     stringent = discovery.get_protocol_inputs("stringent")
-    assert fast["relax"]["fmax"] > stringent["relax"]["fmax"] == 0.02  # seed 000's DFT force criterion
+    fmax = {name: inputs["relax"]["relax"]["parameters"]["fmax"] for name, inputs in (("fast", fast), ("stringent", stringent))}
+    assert fmax["fast"] > fmax["stringent"] == 0.02  # seed 000's DFT force criterion
     assert discovery.get_protocol_inputs()["shortlist"]["max_values"]["e_above_hull_eV_per_atom"] == 0.08
 
 
 def test_overrides_merge_and_unknown_keys_fail(discovery):
-    inputs = discovery.get_protocol_inputs("fast", overrides={"relax": {"max_steps": 7}, "generation": {"n": 3}})
-    assert inputs["relax"]["max_steps"] == 7 and inputs["relax"]["mlip"] == "chgnet" and inputs["generation"]["n"] == 3
-    with pytest.raises(UnknownProtocolKeyError, match="relax.fmaxx"):
-        discovery.get_protocol_inputs("fast", overrides={"relax": {"fmaxx": 0.1}})
+    inputs = discovery.get_protocol_inputs("fast", overrides={"relax": {"relax": {"parameters": {"max_steps": 7}}},
+                                                              "generation": {"n": 3}})
+    relax = inputs["relax"]["relax"]["parameters"]
+    assert relax["max_steps"] == 7 and relax["mlip"] == "chgnet" and inputs["generation"]["n"] == 3
+    with pytest.raises(UnknownProtocolKeyError, match="relax.relax.parameters.fmaxx"):
+        discovery.get_protocol_inputs("fast", overrides={"relax": {"relax": {"parameters": {"fmaxx": 0.1}}}})
     with pytest.raises(ValueError, match="unknown protocol"):
         discovery.get_protocol_inputs("ultra")
 

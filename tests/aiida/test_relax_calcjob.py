@@ -27,7 +27,7 @@ from aiida_battgen.calculations.relax import (
 )
 from aiida_battgen.data.batch import StructureBatchData
 from battgen.batch import StructureBatch
-from battgen.cli import SUMMARY_FILENAME
+from battgen.cli import PROGRESS_FILENAME, SUMMARY_FILENAME
 
 
 def si2_primitive() -> Structure:
@@ -45,18 +45,21 @@ def chgnet_model():
     return CHGNet.load(verbose=False, use_device="cpu")
 
 
-def test_entry_point_and_constants_match_the_science_layer():
+def test_entry_point_and_one_contract_for_both_layers():
+    """Science command, CalcJob and parser read the same declarations (battgen.contracts.relax)."""
+    from aiida_battgen.calculations import relax as calculation
+    from aiida_battgen.parsers import relax as parser
+    from battgen.contracts import relax as contract
     from battgen.mlip import relax as science
 
     assert CalculationFactory("battgen.mlip.relax") is MlipRelaxCalculation
-    assert (INPUT_FILENAME, OUTPUT_FILENAME, RECORDS_FILENAME) == (
-        science.INPUT_FILENAME, science.OUTPUT_FILENAME, science.RECORDS_FILENAME)
-    from aiida_battgen.calculations import relax as calculation
-
-    assert calculation.CHECKPOINT_FILENAME == science.CHECKPOINT_FILENAME
-    assert calculation.RELAX_STATUSES == science.RELAX_STATUSES
-    assert set(CELL_FILTERS) == set(science.CELL_FILTERS)
-    assert set(OPTIMIZERS) == set(science.OPTIMIZERS)
+    assert MlipRelaxCalculation.OUTPUT_FILES == (contract.OUTPUT_FILENAME, contract.RECORDS_FILENAME)
+    assert parser.RELAX_STATUSES is science.RELAX_STATUSES is contract.RELAX_STATUSES
+    assert calculation.validate_relax_parameters(orm.Dict({"engine": "batched"})) is None
+    assert science.RELAX_DEFAULTS == contract.RelaxSettings.defaults()
+    assert set(CELL_FILTERS) == set(science.CELL_FILTERS) and set(OPTIMIZERS) == set(science.OPTIMIZERS)
+    help_text = MlipRelaxCalculation.spec().inputs["parameters"].help
+    assert "fmax (eV/Å; a positive number; default 0.05)" in help_text and "input" not in help_text.split(": ")[0]
 
 
 def test_aiida_layer_does_not_import_torch():
@@ -80,10 +83,11 @@ def test_exit_codes_below_400_invalidate_cache():
     "parameters, match",
     [
         ({"fmax": 0.05, "temperature": 300}, r"unknown parameter\(s\) \['temperature'\]"),
-        ({"fmax": -1.0}, "'fmax' must be positive"),
-        ({"max_steps": 1.5}, "'max_steps' must be int"),
+        ({"fmax": -1.0}, r"parameters.fmax must be a positive number \(eV/Å\), got -1.0"),
+        ({"max_steps": 1.5}, "parameters.max_steps must be an integer"),
         ({"max_steps": True}, "got a bool"),
-        ({"mlip": "mace"}, "unknown mlip 'mace'; available: chgnet, m3gnet, nequip, sevennet"),
+        ({"mlip": "mace"}, "unknown MLIP 'mace'; available: chgnet, m3gnet, nequip, sevennet"),
+        ({"input": "other.jsonl.gz"}, "parameters.input: set by the job"),
         ({"cell_filter": "unit"}, "cell_filter"),
         ({"optimizer": "SD"}, "optimizer"),
     ],
@@ -114,9 +118,10 @@ def test_prepare_for_submission_writes_config_and_copies_batch(aiida_profile, ba
         with folder.open("config.yaml") as handle:
             config = yaml.safe_load(handle)
     assert config == {"input": INPUT_FILENAME, "mlip": "chgnet", "fmax": 0.1, "max_steps": 50, "cell_filter": None}
-    assert calcinfo.codes_info[0].cmdline_params == ["relax", "--config", "config.yaml", "--workdir", "."]
+    assert calcinfo.codes_info[0].cmdline_params == ["relax", "--config", "config.yaml", "--workdir", ".", "--threads", "1"]
     assert calcinfo.local_copy_list == [(structures.uuid, StructureBatchData.FILENAME, INPUT_FILENAME)]
-    assert set(calcinfo.retrieve_list) == {SUMMARY_FILENAME, "battgen.out", "battgen.err", OUTPUT_FILENAME, RECORDS_FILENAME}
+    assert set(calcinfo.retrieve_list) == {SUMMARY_FILENAME, PROGRESS_FILENAME, "battgen.out", "battgen.err", OUTPUT_FILENAME,
+                                        RECORDS_FILENAME}
 
 
 @pytest.mark.slow

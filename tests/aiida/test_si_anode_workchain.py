@@ -39,21 +39,21 @@ def compounds_batch() -> StructureBatchData:
 
 
 # --- contracts with the science layer -------------------------------------------------------------------
-def test_constants_and_keys_match_the_science_layer():
+def test_one_contract_for_both_layers():
     from battgen.anode import silicon
+    from battgen.contracts import si_anode as contract
 
-    for name in ("INPUT_FILENAME", "COMPOUNDS_FILENAME", "CHECKPOINT_FILENAME", "RELAXED_FILENAME", "TABLE_FILENAME",
-                 "TABLE_JSON_FILENAME", "SLOPES_FILENAME", "SLOPES_TABLE_FILENAME", "FIGURE_FILENAME"):
-        assert getattr(si_anode_calc, name) == getattr(silicon, name), name
-    assert si_anode_calc.SI_ANODE_KEYS == set(silicon.SI_ANODE_DEFAULTS) - {"input", "source", "restart", "progress"}
+    assert si_anode_calc.SiAnodeCalculation.OUTPUT_FILES == contract.RETRIEVED_FILES
+    assert silicon.SI_ANODE_DEFAULTS == contract.SiAnodeSettings.defaults()
+    assert contract.SiAnodeSettings.job_fields() == {"input", "source", "restart", "progress"}
 
 
 def test_protocols_resolve_and_reject_unknown_keys():
-    assert set(SiAnodeWorkChain.get_available_protocols()) == {"seed004", "fast"}
-    seed = SiAnodeWorkChain.get_protocol_inputs("seed004")["parameters"]
+    assert set(SiAnodeWorkChain.get_available_protocols()) == {"si_anode_seed004", "fast"}
+    seed = SiAnodeWorkChain.get_protocol_inputs("si_anode_seed004")["parameters"]
     assert (seed["n_configurations"], seed["min_capacity_mAh_per_g"], seed["mlip"], seed["fmax"]) == (
         30, 1500.0, "chgnet", 0.05)
-    assert set(seed) <= si_anode_calc.SI_ANODE_KEYS
+    assert set(seed) <= set(si_anode_calc.SiAnodeSettings.parameter_fields())
     fast = SiAnodeWorkChain.get_protocol_inputs(
         "fast", overrides={"parameters": {"channel_options": {"engine": "cavd"}}})
     assert fast["parameters"]["n_configurations"] == 30 and fast["parameters"]["max_steps"] < seed["max_steps"]
@@ -64,9 +64,12 @@ def test_protocols_resolve_and_reject_unknown_keys():
 
 
 def test_parameters_are_validated_before_submission():
-    assert "unknown si-anode parameter" in si_anode_calc.validate_si_anode_parameters(orm.Dict({"n_confs": 3}))
-    assert "n_configurations" in si_anode_calc.validate_si_anode_parameters(orm.Dict({"n_configurations": 0}))
-    assert "max_removed_fraction" in si_anode_calc.validate_si_anode_parameters(orm.Dict({"max_removed_fraction": 2.0}))
+    validate = si_anode_calc.validate_si_anode_parameters
+    assert "unknown parameter(s) ['n_confs'] in `parameters`" in validate(orm.Dict({"n_confs": 3}))
+    assert validate(orm.Dict({"n_configurations": 0})) == "parameters.n_configurations must be a positive integer, got 0"
+    assert validate(orm.Dict({"max_removed_fraction": 2.0})) == "parameters.max_removed_fraction must be in (0, 1], got 2.0"
+    assert "parameters.max_volume_factor must be a number > 1" in validate(orm.Dict({"max_volume_factor": 0.5}))
+    assert "must differ" in validate(orm.Dict({"working_ion": "Si"}))
     assert si_anode_calc.validate_si_anode_parameters(orm.Dict({"n_configurations": 30, "fmax": 0.05})) is None
 
 

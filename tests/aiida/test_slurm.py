@@ -3,7 +3,8 @@
 The computer is ``core.ssh`` (paramiko, key-only login to root@localhost) + ``core.slurm`` on the
 single-node cluster of ``.ci/slurm.sh``; the profile is ``core.psql_dos`` on a private PostgreSQL cluster with
 a private RabbitMQ node, and two daemon workers run everything (see ``faults/cluster.py``). Skips with the
-reason where SLURM, sshd, PostgreSQL or RabbitMQ cannot be started.
+reason where SLURM, sshd, PostgreSQL or RabbitMQ are not there; the Quantum ESPRESSO test alone skips where
+only pw.x is missing (the other jobs still run).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from faults.cluster import ServicesUnavailable, get_cluster
 
 pytestmark = [pytest.mark.slurm, pytest.mark.daemon]
 TIMEOUT_S = 420
+PW_EXECUTABLE = "/usr/bin/pw.x"  # where faults/driver.py looks for it when it sets up the pw@slurm code
 
 
 @pytest.fixture(scope="module")
@@ -37,10 +39,11 @@ def finished(cluster):
         "relax": cluster.submit("relax", n_rows=3),
         "generate": cluster.submit("generate"),
         "md": cluster.submit("md"),
-        "pw": cluster.submit("pw", code="pw"),
         "discovery": cluster.submit("discovery", hosts=["LiCoO2", "Li2O"]),
         "train": cluster.submit("train"),
     }
+    if "pw" in cluster.slurm["codes"]:  # the pw@slurm code exists only where pw.x is installed
+        pks["pw"] = cluster.submit("pw", code="pw")
     results = {kind: cluster.wait(pk, TIMEOUT_S) for kind, pk in pks.items()}
     results["_wall_time_s"] = time.monotonic() - started
     print(f"\nSLURM suite: {len(pks)} processes in {results['_wall_time_s']:.0f} s "
@@ -91,6 +94,8 @@ def test_md(finished):
 
 
 def test_quantum_espresso_scf(finished):
+    if "pw" not in finished:
+        pytest.skip(f"Quantum ESPRESSO is not installed ({PW_EXECUTABLE} missing: apt-get install quantum-espresso)")
     pw = finished["pw"]
     _ok(pw)
     _ran_through_slurm(pw)

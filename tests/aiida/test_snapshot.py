@@ -117,3 +117,27 @@ def test_unreadable_exit_311_and_bad_parameters_210(aiida_profile_clean, tmp_pat
 def test_parameter_help_mentions_units():
     spec = batch_from_snapshot.spec()
     assert "atoms per cell" in spec.inputs["parameters"].help
+
+
+def test_relative_path_is_resolved_and_recorded_absolute(aiida_profile_clean, csv_file, monkeypatch):
+    monkeypatch.chdir(csv_file.parent)
+    node = SourceSnapshotData.from_file(csv_file.name).store()
+    assert node.base.attributes.get("original_path") == str(csv_file.resolve())
+    assert node.base.attributes.get("original_filename") == csv_file.name and node.n_records == 3
+
+
+def test_the_seeds_name_cif_csv_through_batch_from_snapshot(aiida_profile_clean, tmp_path, structures):
+    """seed 000's published `Name,CIF` file; `id_column` picks another column for row ids."""
+    path = tmp_path / "filtered_structures_unconditional.csv"
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["Name", "CIF", "Tag"])
+        for index, structure in enumerate(structures):
+            writer.writerow([f"gen_{index:04d}_{structure.composition.reduced_formula}", structure.to(fmt="cif"),
+                             f"t{index}"])
+    snapshot = SourceSnapshotData.from_file(path)
+    assert snapshot.n_records == 2
+    result = batch_from_snapshot(snapshot=snapshot)
+    assert result["structures"].get_batch().row_ids == ["gen_0000_LiCl", "gen_0001_MgO"]
+    tagged = batch_from_snapshot(snapshot=snapshot, parameters=orm.Dict({"id_column": "TAG"}))
+    assert tagged["structures"].get_batch().row_ids == ["t0", "t1"]

@@ -146,7 +146,7 @@ def test_discovery_runs_substitution_and_cdvae_side_by_side(aiida_profile, battg
         "generation": {"n": 8, "conditions": {"max_per_seed": 4},
                        "additional_generators": [{"generator": "cdvae", "n": 6, "conditions": {}}]},
         "preselection": {"sort_by": None, "top_k": 3},
-        "relax": {"max_steps": 20, "fmax": 0.3},
+        "relax": {"relax": {"parameters": {"max_steps": 20, "fmax": 0.3}}},
         "shortlist": {"top_k": 3, "max_values": {"e_above_hull_eV_per_atom": 50.0}},
     }
     builder = build_demo_inputs(battgen_code, "fast", overrides=overrides, host_names=["LiCoO2", "Li2O"])

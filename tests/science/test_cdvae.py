@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from pymatgen.core import Lattice, Structure
+from pymatgen.core import Element, Lattice, Structure
 from pymatgen.core.operations import SymmOp
 
 from battgen.batch import StructureBatch
@@ -209,6 +209,44 @@ def test_forbidden_element_never_appears_and_required_elements_always_do(trained
     # every requested row is either present or counted as unfilled after the bounded resampling
     assert len(with_lithium) + (meta.get("n_unfilled_rows", 6)) == 6
     assert meta.get("n_resample_rounds", 4) <= 4
+
+
+def test_more_atoms_than_max_atoms_is_refused(trained_model):
+    generator = CDVAEGenerator(trained_model[0], progress=False)
+    too_many = generator.model.max_atoms + 1
+    with pytest.raises(ValueError, match=f"n_atoms {too_many} exceeds this model's max_atoms"):
+        generator.generate(StructureBatch(), 1, {"n_atoms": too_many})
+    assert len(generator.generate(StructureBatch(), 1, {"n_atoms": generator.model.max_atoms, "n_step_each": 1})) == 1
+
+
+def test_samples_use_the_training_elements_unless_told_otherwise(trained_model, hosts):
+    generator = CDVAEGenerator(trained_model[0], progress=False)
+    trained = sorted({el.symbol for s in hosts.structures for el in s.composition.elements})
+    assert [Element.from_Z(z).symbol for z in generator.model.config["element_pool"]] == sorted(
+        trained, key=lambda symbol: Element(symbol).Z)
+    settings = {"n_step_each": 1, "n_atoms": 4}
+    default = generator.generate(StructureBatch(), 8, settings, seed=0)
+    assert {el.symbol for s in default.structures for el in s.composition.elements} <= set(trained)
+    assert sorted(default.meta[0]["conditions"]["element_pool"]) == trained
+    pool = generator.generate(StructureBatch(), 6, {**settings, "element_pool": ["Fe", "O"]}, seed=0)
+    assert {el.symbol for s in pool.structures for el in s.composition.elements} <= {"Fe", "O"}
+    assert generator.generate(StructureBatch(), 1, {**settings, "element_pool": "all"}).meta[0]["conditions"][
+        "element_pool"] == "all"
+    with pytest.raises(ValueError, match="outside the element pool"):
+        generator.generate(StructureBatch(), 1, {**settings, "required_elements": ["Fe"]})
+    with pytest.raises(ValueError, match="element_pool must be"):
+        generator.generate(StructureBatch(), 1, {**settings, "element_pool": "everything"})
+
+
+def test_gradients_are_clipped_element_wise_as_cdvae(tmp_path, hosts, monkeypatch):
+    """CDVAE's conf/train/default.yaml: gradient_clip_val 0.5, gradient_clip_algorithm value."""
+    assert preset_hyperparameters("paper")["gradient_clip_value"] == 0.5
+    seen = []
+    original = torch.nn.utils.clip_grad_value_
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_value_", lambda params, value: seen.append(value) or original(params, value))
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", lambda *a, **k: pytest.fail("CDVAE clips by value"))
+    train_cdvae(hosts, hosts, tmp_path / "m", tiny_hyperparameters(max_steps=2, progress=False), seed=0)
+    assert seen == [0.5, 0.5]
 
 
 def test_unconditional_model_rejects_conditions(trained_model):

@@ -20,7 +20,8 @@ from battgen.channels.analysis import (
     run_channels_command,
 )
 from battgen.channels.reference_structures import hollandite_mno2, olivine_lifepo4, rutile_tio2
-from battgen.cli import InvalidInputError, run_command
+from battgen.cli import run_command
+from battgen.errors import InvalidInputError
 
 CRYSTAL_RADII = {"O": 1.26, "Ti": 0.8516666666666667, "Mn": 0.8775}  # pymatgen average Shannon crystal radii
 

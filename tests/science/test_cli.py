@@ -28,3 +28,20 @@ def test_bad_config_file(tmp_path, capsys):
     config.write_text("- just\n- a list\n")
     assert main(["screen", "--config", str(config), "--workdir", str(tmp_path)]) == EXIT_INVALID_INPUT
     assert "must be a mapping" in capsys.readouterr().err
+
+
+def test_a_failure_while_setting_threads_still_leaves_a_summary(tmp_path, monkeypatch):
+    """Setting threads imports torch, which fails under a small memory limit: the summary says so (the
+    parser turns it into out-of-memory and the restart halves the batch) instead of a bare traceback."""
+    import yaml
+
+    import battgen.cli as cli
+
+    def out_of_memory(threads):
+        raise OSError("libtorch_cpu.so: failed to map segment from shared object")
+
+    monkeypatch.setattr(cli, "set_threads", out_of_memory)
+    code, summary = cli.run_command("screen", {"input": "missing.jsonl.gz"}, tmp_path, threads=1)
+    assert code == cli.EXIT_FAILED
+    written = yaml.safe_load((tmp_path / SUMMARY_FILENAME).read_text())
+    assert written["status"] == "failed" and "failed to map segment" in written["error"]

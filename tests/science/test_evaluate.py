@@ -162,6 +162,30 @@ def test_feature_scaler_follows_cdvae_conventions(tmp_path):
         FeatureScaler.from_file(tmp_path / "short.json")
 
 
+def test_cov_by_default_uses_cdvae_composition_scaler_constants(cache):
+    """The default is CDVAE's CompScaler (cdvae/common/constants.py); a reference fit only when asked."""
+    from battgen.evaluate.fingerprints import CDVAE_COMP_SCALER_FILE
+
+    constants = json.loads(CDVAE_COMP_SCALER_FILE.read_text(encoding="utf-8"))
+    assert len(constants["means"]) == len(constants["stds"]) == 132
+    assert (constants["means"][0], constants["stds"][0]) == (21.194441759304013, 16.35781741152948)  # CDVAE's first
+    assert (constants["means"][-1], constants["stds"][-1]) == (136.4664572257129, 85.980205895116)
+    reference = reference_batch()
+    generated = StructureBatch.from_structures([rocksalt("K", "Br", 6.6), rocksalt("Mg", "O", 4.2)],
+                                               [{"row_id": "g0"}, {"row_id": "g1"}])
+    default = evaluate_generation(generated, reference, settings={"dataset": "perov_5"}, fingerprint_cache=cache)
+    explicit = evaluate_generation(generated, reference, settings={"dataset": "perov_5"}, fingerprint_cache=cache,
+                                   composition_scaler=FeatureScaler(np.array(constants["means"]),
+                                                                    np.array(constants["stds"]), "given"))
+    fitted = evaluate_generation(generated, reference, settings={"dataset": "perov_5"}, fingerprint_cache=cache,
+                                 composition_scaler="reference")
+    for key in ("cov_recall_percent", "cov_precision_percent", "amcd_recall", "amcd_precision"):
+        assert default.overall[key] == explicit.overall[key], key
+    assert fitted.overall["amcd_recall"] != pytest.approx(default.overall["amcd_recall"])
+    assert default.settings["composition_scaler"] == "CDVAE CompScaler constants"
+    assert fitted.settings["composition_scaler"] == f"fitted on the reference ({len(reference)} rows)"
+
+
 def test_coverage_cutoffs_are_cdvae_values():
     assert coverage_cutoffs("mp20") == {"structure": 0.4, "composition": 10.0}
     assert coverage_cutoffs("perovskite") == coverage_cutoffs("perov_5") == {"structure": 0.2, "composition": 4.0}
@@ -202,13 +226,17 @@ def test_sun_counts_on_a_hand_made_set(cache):
     )
     training = StructureBatch.from_structures([rocksalt("Li", "Cl", 5.13)], [{"row_id": "mp-22905"}])
     overall = evaluate_generation(generated, training=training, fingerprint_cache=cache).overall
-    assert (overall["n_stable"], overall["n_sun"]) == (3, 1)
-    assert (overall["n_mstable"], overall["n_msun"]) == (4, 2)
-    assert overall["sun_percent"] == pytest.approx(100 / 6) and overall["msun_percent"] == pytest.approx(200 / 6)
+    # strict (E_hull <= 0) and MatterGen's (<= 0.1 eV/atom), each named by its threshold
+    assert (overall["n_stable_ehull_le_0meV"], overall["n_sun_ehull_le_0meV"]) == (3, 1)
+    assert (overall["n_stable_ehull_le_100meV"], overall["n_sun_ehull_le_100meV"]) == (4, 2)
+    assert overall["sun_ehull_le_0meV_percent"] == pytest.approx(100 / 6)
+    assert overall["sun_ehull_le_100meV_percent"] == pytest.approx(200 / 6)
+    assert not any(key in overall for key in ("sun_percent", "msun_percent"))
     assert overall["n_unique"] == 5 and overall["n_unique_novel"] == 4 and overall["n_with_e_hull"] == 5
     strict = evaluate_generation(generated, training=training, fingerprint_cache=cache,
                                  settings={"stable_threshold_eV_per_atom": -0.005}).overall
-    assert strict["n_stable"] == 1 and strict["n_sun"] == 0  # only LiCl (-0.01) is below -0.005
+    # only LiCl (-0.01) is below -0.005
+    assert strict["n_stable_ehull_le_minus5meV"] == 1 and strict["n_sun_ehull_le_minus5meV"] == 0
 
 
 # --- target agreement -----------------------------------------------------------------------------------

@@ -194,7 +194,7 @@ def test_diffusion_command_arrhenius_from_results(tmp_path):
     outputs = run_diffusion_command({"results": results}, tmp_path)
     assert outputs["arrhenius"]["activation_energy_eV"] == pytest.approx(0.3, rel=1e-6)
     assert (tmp_path / "arrhenius.png").stat().st_size > 1000
-    from battgen.cli import InvalidInputError
+    from battgen.errors import InvalidInputError
 
     with pytest.raises(InvalidInputError):
         run_diffusion_command({"trajectories": ["nowhere"]}, tmp_path)
@@ -232,3 +232,21 @@ def test_short_chgnet_md_of_li3n_gives_positive_finite_diffusivity(tmp_path):
     result = analyze_frames(frames, "Li", 1000.0, summary["sample_interval_fs"], uncertainty="none")
     assert math.isfinite(result["diffusivity_cm2_per_s"]) and result["diffusivity_cm2_per_s"] > 0
     assert result["smoothing"] == "constant" and "short_run" in result["flags"]  # 0.2 ps < the 1 ps minimum lag
+
+
+def test_md_input_may_be_a_one_row_batch_or_source_file(tmp_path):
+    """A battgen batch (or any source file) with one structure is an MD input; with two it is refused."""
+    from battgen.batch import StructureBatch
+    from battgen.errors import InvalidInputError
+    from battgen.md.run import _prepare_structure
+
+    cu3au = Structure(Lattice.cubic(3.75), ["Au", "Cu", "Cu", "Cu"],
+                      [[0, 0, 0], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]])
+    StructureBatch([cu3au], [{"row_id": "cu3au"}]).write(tmp_path / "one.jsonl.gz")
+    settings = {"input": "one.jsonl.gz", "working_ion": None, "supercell_min_atoms": None,
+                "vacancy_fraction": None, "vacancy_count": None}
+    structure, setup = _prepare_structure(settings, tmp_path)
+    assert structure.composition.reduced_formula == "Cu3Au" and setup["n_atoms_input"] == 4
+    StructureBatch([cu3au, cu3au.copy()], [{"row_id": "a"}, {"row_id": "b"}]).write(tmp_path / "two.jsonl.gz")
+    with pytest.raises(InvalidInputError, match="holds 2 structures; MD runs one"):
+        _prepare_structure({**settings, "input": "two.jsonl.gz"}, tmp_path)

@@ -20,7 +20,7 @@ from ase.md.verlet import VelocityVerlet
 from ase.optimize import BFGS
 from ase.units import fs
 
-from battgen.cli import InvalidInputError
+from battgen.errors import InvalidInputError
 from battgen.mlip.frames import make_frame
 from battgen.models import read_manifest
 
@@ -182,7 +182,7 @@ def test_metrics_are_read_from_the_best_epoch(tmp_path):
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"learning_rate_typo": 1}, "unknown config key"),
+        ({"learning_rate_typo": 1}, r"unknown train-potential setting\(s\) \[.learning_rate_typo.\]"),
         ({"frames": []}, "frames"),
         ({"frames": ["missing.extxyz"]}, "no such file"),
         ({"frame_selection": "first_and_last"}, "frame_selection"),

@@ -185,7 +185,8 @@ def test_screen_command(tmp_path, small_batch):
     assert code == EXIT_OK, summary
     assert summary["outputs"]["funnel"][-1] == {"step": "uniqueness", "n_in": 4, "n_out": 3}
     assert StructureBatch.read(tmp_path / "rejected.jsonl.gz").meta[0]["reject_reason"] == "duplicate of licl"
-    code, summary = run_command("screen", {"input": "in.jsonl.gz", "steps": ["novelty"]}, tmp_path)
+    code, summary = run_command("screen", {"input": "in.jsonl.gz", "steps": ["novelty"], "known_materials": None},
+                                tmp_path)
     assert code == EXIT_INVALID_INPUT and "reference" in summary["error"]
     code, _ = run_command("screen", {"input": "missing.jsonl.gz"}, tmp_path)
     assert code == EXIT_INVALID_INPUT

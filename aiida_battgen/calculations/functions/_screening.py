@@ -1,7 +1,7 @@
 """Shared body of the ``screen_*`` calcfunctions: validate, run one battgen screening step, wrap outputs.
 
 Exit codes (3xx: the outputs would be unusable, so nothing is stored and caching ignores the node):
-320 ERROR_EMPTY_BATCH, 321 ERROR_INVALID_PARAMETERS.
+320 ERROR_EMPTY_BATCH, 321 ERROR_INVALID_PARAMETERS (322 ERROR_INVALID_REFERENCE: screen_novelty).
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ def screen_step(
     structures: StructureBatchData,
     parameters: orm.Dict | None = None,
     reference: StructureBatchData | None = None,
+    extra_reference=None,
 ) -> dict[str, StructureBatchData] | ExitCode:
     """``{'passed': ..., 'rejected': ...}`` (both always present, possibly 0-row) or an ExitCode."""
     values = parameters.get_dict() if parameters is not None else {}
@@ -54,5 +55,9 @@ def screen_step(
         if reference.n_rows == 0:
             return empty_batch("reference")
         reference_batch = reference.get_batch()
+    if extra_reference is not None:  # e.g. the known-materials structures, matched first
+        from battgen.screen.pipeline import combined_reference
+
+        reference_batch = combined_reference(extra_reference, reference_batch)
     result = run_step(step, structures.get_batch(), settings, reference=reference_batch)
     return {"passed": StructureBatchData(batch=result.passed), "rejected": StructureBatchData(batch=result.rejected)}

@@ -10,7 +10,7 @@ from aiida_battgen.data.snapshot import SourceSnapshotData
 from battgen.batch import BatchFormatError
 from battgen.sources.files import SourceFormatError, read_structures
 
-ALLOWED_PARAMETERS = ("elements", "exclude_elements", "max_sites", "max_rows")
+ALLOWED_PARAMETERS = ("elements", "exclude_elements", "max_sites", "max_rows", "id_column")
 MAX_SKIP_EXAMPLES = 100
 
 ERROR_INVALID_PARAMETERS = 210
@@ -30,7 +30,8 @@ def batch_from_snapshot(snapshot: SourceSnapshotData, parameters: orm.Dict | Non
     Args:
         snapshot: the source file (MP snapshot JSONL or a wrapped CSV / extxyz / entries JSON / CIF).
         parameters: optional filters: ``elements`` (list of symbols, all required), ``exclude_elements``,
-            ``max_sites`` (integer, atoms per cell), ``max_rows`` (integer, rows kept).
+            ``max_sites`` (integer, atoms per cell), ``max_rows`` (integer, rows kept), ``id_column`` (CSV: the
+            column holding row ids, case-insensitive; default material_id, name or id).
     """
     filters = parameters.get_dict() if parameters is not None else {}
     unknown = set(filters) - set(ALLOWED_PARAMETERS)

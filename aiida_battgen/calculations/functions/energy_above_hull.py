@@ -1,12 +1,16 @@
 """``battgen.energy_above_hull``: annotate a batch with E_hull against a recorded reference hull.
 
-The hull comes from exactly one of two inputs:
+The hull comes from exactly one of three inputs:
 
 * ``reference`` — a batch with total energies ``energy_eV`` per row from the *same* MLIP as the
   candidates (elemental references + known phases): the MLIP route;
 * ``reference_entries`` — Materials Project entries: a ``battgen.snapshot`` node (JSON lines after one
   header line, a ComputedStructureEntry dict under ``entry``), a ``SinglefileData`` with an entries
-  JSON / JSON-lines file, a ``List`` of entry dicts or a ``JsonableData`` wrapping a list of entries.
+  JSON / JSON-lines file, a ``List`` of entry dicts or a ``JsonableData`` wrapping a list of entries;
+* ``known_materials`` — the known-materials reference file (``battgen.known_materials``, MP2020
+  energies): each row against the hull of its own chemical space, flagged ``hull_incomplete`` where that
+  space holds no known compound, and ``relaxed_matches_known`` (MP id) where the relaxed structure is a
+  known one.
 
 The science lives in :mod:`battgen.stability.hull`; this function only moves nodes.
 """
@@ -36,6 +40,8 @@ ERROR_INVALID_PARAMETERS = ExitCode(333, "invalid hull parameters: {detail}", in
 
 # Keys accepted in ``parameters`` (defaults in _settings: compatibility depends on the route).
 PARAMETER_KEYS = ("compatibility", "candidate_compatibility", "label", "allow_outside_hull")
+# The known-materials route: the stored energies are already MP2020; candidates are corrected (default).
+KNOWN_MATERIALS_PARAMETER_KEYS = ("candidate_compatibility", "label")
 
 
 def _read_entries(node: orm.Data) -> list:
@@ -74,6 +80,7 @@ def energy_above_hull(
     parameters: orm.Dict | None = None,
     reference: StructureBatchData | None = None,
     reference_entries: orm.Data | None = None,
+    known_materials: orm.SinglefileData | None = None,
 ):
     """Add E_hull (eV/atom), formation energy (eV/atom) and decomposition to every row of a batch.
 
@@ -86,13 +93,20 @@ def energy_above_hull(
         same MLIP as the candidates; must include every element.
     :param reference_entries: DFT route — a node with Materials Project computed entries (energies in
         eV), e.g. a ``battgen.snapshot``.
+    :param known_materials: known-materials route — the reference file (MP2020 energies, eV/atom); adds
+        ``hull_incomplete``, ``hull_n_competing_compounds``, ``nearest_known_compound`` and
+        ``relaxed_matches_known`` columns; ``parameters`` may hold ``candidate_compatibility`` (default
+        MP2020) and ``label``.
     :returns: ``structures`` (the annotated batch: ``e_above_hull_eV_per_atom``,
         ``formation_energy_per_atom_eV``, ``decomposition``, ``hull_label``, ``hull_energy_correction_eV``,
         ``hull_error``) and ``hull`` (Dict: label, compatibility, counts, elements, stable phases with
         formation energies in eV/atom).
     """
-    if (reference is None) == (reference_entries is None):
-        return ERROR_NO_REFERENCE.format(detail="give exactly one of 'reference' or 'reference_entries'")
+    if sum(node is not None for node in (reference, reference_entries, known_materials)) != 1:
+        return ERROR_NO_REFERENCE.format(
+            detail="give exactly one of 'reference', 'reference_entries' or 'known_materials'")
+    if known_materials is not None:
+        return _known_materials_route(structures, parameters, known_materials)
     route = "batch" if reference is not None else "entries"
     try:
         settings = _settings(parameters, route)
@@ -131,4 +145,31 @@ def energy_above_hull(
     annotated = annotate_batch(candidates, hull, settings["candidate_compatibility"])
     description = hull.describe()
     description["candidate_compatibility"] = settings["candidate_compatibility"]
+    return {"structures": StructureBatchData(annotated), "hull": orm.Dict(description)}
+
+
+def _known_materials_route(structures, parameters, known_materials):
+    from aiida_battgen.data.known_materials import load_known_materials
+    from battgen.known_materials import KnownMaterialsFormatError, annotate_against_known
+
+    given = parameters.get_dict() if parameters is not None else {}
+    unknown = sorted(set(given) - set(KNOWN_MATERIALS_PARAMETER_KEYS))
+    if unknown:
+        return ERROR_INVALID_PARAMETERS.format(
+            detail=f"unknown keys {unknown} for the known-materials hull; allowed {list(KNOWN_MATERIALS_PARAMETER_KEYS)}")
+    candidate_compatibility = given.get("candidate_compatibility", MP2020)
+    if candidate_compatibility not in COMPATIBILITY_SCHEMES:
+        return ERROR_INVALID_PARAMETERS.format(detail=f"candidate_compatibility={candidate_compatibility!r}")
+    candidates = structures.get_batch()
+    if all(meta.get("energy_eV") is None for meta in candidates.meta):
+        return ERROR_NO_ENERGIES.format(detail=f"none of the {len(candidates)} candidate rows has energy_eV")
+    try:
+        known = load_known_materials(known_materials)
+    except KnownMaterialsFormatError as exc:
+        return ERROR_NO_REFERENCE.format(detail=str(exc))
+    annotated, description = annotate_against_known(candidates, known, candidate_compatibility,
+                                                    match_relaxed=True)
+    if given.get("label"):
+        description["label"] = given["label"]
+    description["reference_node"] = f"SinglefileData<{known_materials.pk}>"
     return {"structures": StructureBatchData(annotated), "hull": orm.Dict(description)}

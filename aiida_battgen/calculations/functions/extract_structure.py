@@ -13,8 +13,9 @@ def _scalar_properties(meta: dict) -> dict:
 
 @calcfunction
 def extract_structure(structures: StructureBatchData, row_id: orm.Str):
-    """Pull row ``row_id`` out of the batch: ``structure`` (StructureData) and ``properties`` (Dict of the
-    row's metadata, units in the key names, e.g. ``e_above_hull_eV_per_atom``)."""
+    """Pull row ``row_id`` out of the batch: ``structure`` (StructureData, labelled ``<formula> (rank <n>)``
+    when the row is ranked) and ``properties`` (Dict of the row's metadata, units in the key names, e.g.
+    ``e_above_hull_eV_per_atom``)."""
     batch = structures.get_batch()
     try:
         meta, structure = batch.get(row_id.value)
@@ -25,4 +26,7 @@ def extract_structure(structures: StructureBatchData, row_id: orm.Str):
     properties["reduced_formula"] = structure.composition.reduced_formula
     properties["elements"] = sorted(el.symbol for el in structure.composition.elements)
     properties["nsites"] = len(structure)
-    return {"structure": orm.StructureData(pymatgen=structure), "properties": orm.Dict(properties)}
+    node = orm.StructureData(pymatgen=structure)
+    rank = meta.get("rank")
+    node.label = f"{properties['reduced_formula']} (rank {rank})" if rank is not None else properties["reduced_formula"]
+    return {"structure": node, "properties": orm.Dict(properties)}

@@ -7,8 +7,10 @@ import math
 from aiida import orm
 from aiida.engine import ExitCode, calcfunction
 
-# Charge z per working ion (mirrors battgen.insertion.potential.ION_CHARGES; a test checks they agree).
-ION_CHARGES = {"Li": 1, "Na": 1, "K": 1, "Mg": 2, "Ca": 2, "Zn": 2, "Al": 3}
+from battgen.contracts.ions import ion_charges
+
+# Charge z per working ion: pymatgen's formal charges, as the science layer uses them.
+ION_CHARGES = ion_charges()
 
 
 @calcfunction

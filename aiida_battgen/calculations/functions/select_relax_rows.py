@@ -4,7 +4,7 @@ from aiida import orm
 from aiida.engine import ExitCode, calcfunction
 
 from aiida_battgen.data.batch import StructureBatchData
-from aiida_battgen.calculations.relax import RELAX_STATUSES
+from battgen.contracts.relax import RELAX_STATUSES
 
 
 @calcfunction

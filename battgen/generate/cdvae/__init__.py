@@ -12,7 +12,9 @@ Generation ``conditions`` keys:
   composition and type logits; samples lacking a required element are rejected and resampled in at most
   ``max_resample_rounds`` rounds (constructor option, default 5); rows still lacking one are left out and
   counted. A model trained with ``element_presence`` is also conditioned on them;
-* ``n_atoms`` (force every sample's atom count), ``batch_size`` (crystals per Langevin batch),
+* ``element_pool``: ``training`` (default: only the elements of the training set, stored with the model),
+  ``all`` (Z = 1 ... 100) or a list of symbols; elements outside the pool are masked like forbidden ones;
+* ``n_atoms`` (force every sample's atom count, at most the model's ``max_atoms``), ``batch_size`` (crystals per Langevin batch),
   ``n_step_each``, ``step_lr`` (Langevin settings), ``latent_optimisation``:
   ``{property, target, steps, lr}`` gradient steps on z toward a property-head target (CDVAE §4.3).
 """
@@ -30,6 +32,7 @@ from pymatgen.core import Element, Lattice, Structure
 from tqdm.auto import tqdm
 
 from battgen.batch import StructureBatch
+from battgen.devices import generator_on
 from battgen.generate.base import TrainableGenerator
 from battgen.generate.cdvae.data import MAX_ATOMIC_NUMBER, collate, element_symbols_to_numbers
 from battgen.generate.cdvae.model import CDVAE
@@ -40,8 +43,8 @@ from battgen.models import ModelFormatError, read_manifest
 
 __all__ = ["CDVAEGenerator", "preset_hyperparameters"]
 
-SAMPLING_KEYS = ("required_elements", "forbidden_elements", "n_atoms", "batch_size", "n_step_each", "step_lr",
-                 "latent_optimisation")
+SAMPLING_KEYS = ("required_elements", "forbidden_elements", "element_pool", "n_atoms", "batch_size", "n_step_each",
+                 "step_lr", "latent_optimisation")
 LATENT_OPTIMISATION_KEYS = {"property", "target", "steps", "lr"}
 
 
@@ -51,7 +54,7 @@ class CDVAEGenerator(TrainableGenerator):
     name = "cdvae"
     architecture = "cdvae"
 
-    def __init__(self, model: str | Path, device: str = "cpu", **options: Any) -> None:
+    def __init__(self, model: str | Path, device: str = "auto", **options: Any) -> None:
         super().__init__(model, device, **options)
         unknown = sorted(set(options) - {"max_resample_rounds", "progress"})
         if unknown:
@@ -60,7 +63,7 @@ class CDVAEGenerator(TrainableGenerator):
         if not (self.model_dir / MODEL_FILENAME).is_file():
             raise ModelFormatError(f"{self.model_dir} has no {MODEL_FILENAME}")
         try:
-            self.model: CDVAE = load_model(self.model_dir).to(device)
+            self.model: CDVAE = load_model(self.model_dir, self.device)
         except (RuntimeError, KeyError, TypeError) as exc:  # a corrupt or foreign torch file
             raise ModelFormatError(f"{self.model_dir / MODEL_FILENAME} cannot be loaded as CDVAE: {exc}") from exc
         self.hyperparameters = {**PAPER_HYPERPARAMETERS, **(self.manifest.get("hyperparameters") or {})}
@@ -74,8 +77,8 @@ class CDVAEGenerator(TrainableGenerator):
 
     @classmethod
     def train(cls, splits: Any, model_dir: Path, hyperparameters: dict[str, Any], seed: int = 0,
-              resume_from: Path | None = None) -> dict[str, Any]:
-        return train_cdvae(splits.train, splits.val, Path(model_dir), hyperparameters, seed, resume_from)
+              resume_from: Path | None = None, device: str = "cpu") -> dict[str, Any]:
+        return train_cdvae(splits.train, splits.val, Path(model_dir), hyperparameters, seed, resume_from, device)
 
     # --- conditions ----------------------------------------------------------------------------------
     def _parse_conditions(self, conditions: dict[str, Any]) -> dict[str, Any]:
@@ -97,6 +100,15 @@ class CDVAEGenerator(TrainableGenerator):
         n_atoms = conditions.get("n_atoms")
         if n_atoms is not None and (isinstance(n_atoms, bool) or not isinstance(n_atoms, int) or n_atoms < 1):
             raise ValueError(f"n_atoms must be a positive integer, got {n_atoms!r}")
+        if n_atoms is not None and n_atoms > self.model.max_atoms:
+            # the decoder never saw such cells: a probe packed 0.16 Å apart atoms into them
+            raise ValueError(f"n_atoms {n_atoms} exceeds this model's max_atoms {self.model.max_atoms} "
+                             "(the largest cell its atom-count head and decoder were trained for)")
+        pool = self._element_pool(conditions.get("element_pool", "training"))
+        unreachable = sorted(set(required) - set(pool)) if pool is not None else []
+        if unreachable:
+            raise ValueError(f"required element(s) {unreachable} are outside the element pool; "
+                             "set element_pool: all or list them")
         settings = {
             "batch_size": int(conditions.get("batch_size", 256)),
             "n_step_each": int(conditions.get("n_step_each", self.hyperparameters["n_step_each"])),
@@ -117,15 +129,41 @@ class CDVAEGenerator(TrainableGenerator):
             optimisation = {"property": str(optimisation["property"]), "target": float(optimisation["target"]),
                             "steps": int(optimisation.get("steps", 100)), "lr": float(optimisation.get("lr", 1e-2))}
         return {"scalars": scalars, "required": required, "forbidden": forbidden, "n_atoms": n_atoms,
-                "latent_optimisation": optimisation, **settings}
+                "element_pool": pool, "latent_optimisation": optimisation, **settings}
+
+    def _element_pool(self, value: Any) -> list[str] | None:
+        """Symbols the sampler may place (None: all of Z = 1 ... 100)."""
+        if value == "all":
+            return None
+        if value == "training":
+            trained = self.model.config.get("element_pool")
+            return [Element.from_Z(int(z)).symbol for z in trained] if trained else None  # older models: all
+        if isinstance(value, list | tuple) and value and all(isinstance(v, str) for v in value):
+            try:
+                return sorted({Element(v).symbol for v in value})
+            except ValueError as exc:
+                raise ValueError(f"element_pool: {exc}") from exc
+        raise ValueError(f"element_pool must be 'training', 'all' or a list of element symbols, got {value!r}")
+
+    def _masked_types(self, parsed: dict[str, Any]) -> torch.Tensor | None:
+        """(100,) bool: atomic numbers the sampler must not place (forbidden or outside the pool)."""
+        device = self.model.device
+        masked = torch.zeros(MAX_ATOMIC_NUMBER, dtype=torch.bool, device=device)
+        if parsed["element_pool"] is not None:
+            masked[:] = True
+            masked[[z - 1 for z in element_symbols_to_numbers(parsed["element_pool"])]] = False
+        if parsed["forbidden"]:
+            masked[[z - 1 for z in element_symbols_to_numbers(parsed["forbidden"])]] = True
+        return masked if bool(masked.any()) else None
 
     def _condition_tensors(self, parsed: dict[str, Any], n: int) -> dict[str, torch.Tensor] | None:
         if not self.model.conditional:
             return None
-        keys = self.model.scalar_condition_keys
-        raw = torch.tensor([[parsed["scalars"][key] for key in keys]] * n, dtype=torch.float32).reshape(n, len(keys))
-        present = torch.zeros(n, MAX_ATOMIC_NUMBER)
-        absent = torch.zeros(n, MAX_ATOMIC_NUMBER)
+        keys, device = self.model.scalar_condition_keys, self.model.device
+        raw = torch.tensor([[parsed["scalars"][key] for key in keys]] * n, dtype=torch.float32,
+                           device=device).reshape(n, len(keys))
+        present = torch.zeros(n, MAX_ATOMIC_NUMBER, device=device)
+        absent = torch.zeros(n, MAX_ATOMIC_NUMBER, device=device)
         if self.model.use_element_presence:
             for z in element_symbols_to_numbers(parsed["required"]):
                 present[:, z - 1] = 1.0
@@ -158,17 +196,14 @@ class CDVAEGenerator(TrainableGenerator):
         with torch.no_grad():
             zc = self.model.condition_latent(z, condition)
         if num_atoms is None and parsed["n_atoms"] is not None:
-            num_atoms = torch.full((n,), parsed["n_atoms"], dtype=torch.long)
-        forbidden = None
-        if parsed["forbidden"]:
-            forbidden = torch.zeros(MAX_ATOMIC_NUMBER, dtype=torch.bool)
-            forbidden[[z_ - 1 for z_ in element_symbols_to_numbers(parsed["forbidden"])]] = True
+            num_atoms = torch.full((n,), parsed["n_atoms"], dtype=torch.long, device=self.model.device)
         result = self.model.langevin_dynamics(zc, generator, parsed["n_step_each"], parsed["step_lr"], num_atoms,
-                                              forbidden, progress=self.progress)
+                                              self._masked_types(parsed), progress=self.progress)
+        result = {key: value.cpu() for key, value in result.items()}  # one copy back for pymatgen
         predicted = {}
         if self.model.fc_property is not None:
             with torch.no_grad():
-                values = self.model.property_scaler.inverse(self.model.fc_property(zc))
+                values = self.model.property_scaler.inverse(self.model.fc_property(zc)).cpu()
             predicted = {f"predicted_{key}": values[:, i].tolist() for i, key in enumerate(self.model.property_keys)}
         rows, start = [], 0
         for index, count in enumerate(result["num_atoms"].tolist()):
@@ -183,7 +218,7 @@ class CDVAEGenerator(TrainableGenerator):
     def generate(self, seed_structures: StructureBatch, n: int, conditions: dict[str, Any] | None = None,
                  seed: int = 0) -> StructureBatch:
         parsed = self._parse_conditions(dict(conditions or {}))
-        generator = torch.Generator().manual_seed(int(seed))
+        generator = generator_on(str(self.model.device), seed)
         started = time.perf_counter()
         accepted: list[dict[str, Any]] = []
         n_rejected, rounds = 0, 0
@@ -207,7 +242,8 @@ class CDVAEGenerator(TrainableGenerator):
         seconds = time.perf_counter() - started
         langevin_steps = len(self.model.sigmas) * parsed["n_step_each"]
         conditions_used = {**parsed["scalars"], "required_elements": parsed["required"],
-                           "forbidden_elements": parsed["forbidden"], "n_atoms": parsed["n_atoms"]}
+                           "forbidden_elements": parsed["forbidden"], "n_atoms": parsed["n_atoms"],
+                           "element_pool": parsed["element_pool"] or "all"}
         if parsed["latent_optimisation"]:
             conditions_used["latent_optimisation"] = parsed["latent_optimisation"]
         common = {
@@ -238,12 +274,14 @@ class CDVAEGenerator(TrainableGenerator):
         if counts["n_dropped_missing_condition"]:
             raise ValueError(f"{counts['n_dropped_missing_condition']} row(s) lack a condition value this model needs")
         settings = {"n_step_each": n_step_each, "step_lr": step_lr}
-        parsed = self._parse_conditions({key: value for key, value in settings.items() if value is not None})
-        generator = torch.Generator().manual_seed(int(seed))
+        # reconstruction decodes what was encoded: no element pool beyond the input's own elements
+        parsed = self._parse_conditions({"element_pool": "all",
+                                         **{key: value for key, value in settings.items() if value is not None}})
+        generator = generator_on(str(self.model.device), seed)
         rows = []
         chunks = range(0, len(records), parsed["batch_size"])
         for start in tqdm(chunks, desc="CDVAE reconstruction", disable=not self.progress):
-            crystal_batch = collate(records[start:start + parsed["batch_size"]])
+            crystal_batch = collate(records[start:start + parsed["batch_size"]]).to(self.model.device)
             with torch.no_grad():
                 z, _ = self.model.encode(crystal_batch)
             condition = None
@@ -252,13 +290,14 @@ class CDVAEGenerator(TrainableGenerator):
                     "scalars": self.model.condition_scaler.transform(crystal_batch.conditions),
                     "present": presence_vectors(crystal_batch.atom_types, crystal_batch.crystal_index,
                                                 crystal_batch.n_crystals) * float(self.model.use_element_presence),
-                    "absent": torch.zeros(crystal_batch.n_crystals, MAX_ATOMIC_NUMBER),
+                    "absent": torch.zeros(crystal_batch.n_crystals, MAX_ATOMIC_NUMBER, device=self.model.device),
                 }
             with torch.no_grad():
                 zc = self.model.condition_latent(z, condition)
             num_atoms = crystal_batch.num_atoms if force_num_atoms else None
             result = self.model.langevin_dynamics(zc, generator, parsed["n_step_each"], parsed["step_lr"], num_atoms,
                                                   progress=self.progress)
+            result = {key: value.cpu() for key, value in result.items()}
             offset = 0
             for index, count in enumerate(result["num_atoms"].tolist()):
                 species = [Element.from_Z(int(t)) for t in result["atom_types"][offset:offset + count]]

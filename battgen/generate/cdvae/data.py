@@ -70,23 +70,24 @@ class CrystalRecord:
     edge_offset: torch.Tensor  # (E, 3)
     triplet_in: torch.Tensor  # (T,) local edge indices
     triplet_out: torch.Tensor
-    conditions: torch.Tensor = field(default_factory=lambda: torch.zeros(0))  # (n_scalar_conditions,) raw
-    properties: torch.Tensor = field(default_factory=lambda: torch.zeros(0))  # (n_properties,) raw, nan unknown
+    conditions: torch.Tensor = field(default_factory=lambda: torch.zeros(0, device="cpu"))  # (n_scalar_conditions,) raw
+    properties: torch.Tensor = field(default_factory=lambda: torch.zeros(0, device="cpu"))  # (n_properties,) raw, nan unknown
 
 
 def featurize_structure(structure: Structure, cutoff_A: float, max_neighbors: int, canonical: bool = True
                         ) -> CrystalRecord:
-    """Cached tensors of one crystal; ``canonical=False`` keeps the cell as given (symmetry tests)."""
+    """Cached tensors of one crystal, on the CPU (the cache; batches move to the model's device);
+    ``canonical=False`` keeps the cell as given (symmetry tests)."""
     cell = canonical_structure(structure) if canonical else structure
-    lengths = torch.tensor(cell.lattice.abc, dtype=torch.float64)
-    angles = torch.tensor(cell.lattice.angles, dtype=torch.float64)
-    lattice = torch.tensor(cell.lattice.matrix, dtype=torch.float64)[None]  # (1, 3, 3)
-    frac = torch.tensor(cell.frac_coords % 1.0, dtype=torch.float64)
-    num_atoms = torch.tensor([len(cell)])
+    lengths = torch.tensor(cell.lattice.abc, dtype=torch.float64, device="cpu")
+    angles = torch.tensor(cell.lattice.angles, dtype=torch.float64, device="cpu")
+    lattice = torch.tensor(cell.lattice.matrix, dtype=torch.float64, device="cpu")[None]  # (1, 3, 3)
+    frac = torch.tensor(cell.frac_coords % 1.0, dtype=torch.float64, device="cpu")
+    num_atoms = torch.tensor([len(cell)], device="cpu")
     graph = periodic_radius_graph(frac, lattice, num_atoms, cutoff_A, max_neighbors)
     triplets = edge_triplets(graph, len(cell))
     return CrystalRecord(
-        atom_types=torch.tensor([site.specie.Z for site in cell], dtype=torch.long),
+        atom_types=torch.tensor([site.specie.Z for site in cell], dtype=torch.long, device="cpu"),
         frac_coords=frac, lattice=lattice[0], lengths_A=lengths, angles_deg=angles,
         edge_source=graph.source, edge_target=graph.target, edge_offset=graph.offset,
         triplet_in=triplets.edge_in, triplet_out=triplets.edge_out,
@@ -116,11 +117,17 @@ class CrystalBatch:
     def n_crystals(self) -> int:
         return len(self.num_atoms)
 
+    def to(self, device) -> CrystalBatch:
+        """The batch on ``device`` (the model's): collation happens on the CPU where the cache lives."""
+        return CrystalBatch(**{name: getattr(self, name).to(device, non_blocking=True)
+                               for name in self.__dataclass_fields__})
+
 
 def collate(records: list[CrystalRecord]) -> CrystalBatch:
-    num_atoms = torch.tensor([len(r.atom_types) for r in records])
+    """One CPU batch of cached crystals (move it with :meth:`CrystalBatch.to`)."""
+    num_atoms = torch.tensor([len(r.atom_types) for r in records], device="cpu")
     atom_shift = torch.cumsum(num_atoms, 0) - num_atoms
-    n_edges = torch.tensor([len(r.edge_source) for r in records])
+    n_edges = torch.tensor([len(r.edge_source) for r in records], device="cpu")
     edge_shift = torch.cumsum(n_edges, 0) - n_edges
 
     def shifted(name: str, shifts: torch.Tensor) -> torch.Tensor:
@@ -133,7 +140,7 @@ def collate(records: list[CrystalRecord]) -> CrystalBatch:
         lengths_A=torch.stack([r.lengths_A for r in records]).float(),
         angles_deg=torch.stack([r.angles_deg for r in records]).float(),
         num_atoms=num_atoms,
-        crystal_index=torch.repeat_interleave(torch.arange(len(records)), num_atoms),
+        crystal_index=torch.repeat_interleave(torch.arange(len(records), device="cpu"), num_atoms),
         edge_source=shifted("edge_source", atom_shift),
         edge_target=shifted("edge_target", atom_shift),
         edge_offset=torch.cat([r.edge_offset for r in records]).float(),

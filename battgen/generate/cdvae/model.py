@@ -315,6 +315,11 @@ class CDVAE(nn.Module):
         self.condition_scaler = Scaler([0.0] * len(self.scalar_condition_keys), [1.0] * len(self.scalar_condition_keys))
 
     @property
+    def device(self) -> torch.device:
+        """Where the weights live; every tensor the sampler makes is made there."""
+        return self.sigmas.device
+
+    @property
     def conditional(self) -> bool:
         return bool(self.scalar_condition_keys) or self.use_element_presence
 
@@ -395,7 +400,7 @@ class CDVAE(nn.Module):
     def sample_latent(self, n: int, condition: dict[str, torch.Tensor] | None, generator: torch.Generator) -> torch.Tensor:
         """z from N(0, I), or from the conditional prior p(z | c) of a conditional model."""
         latent_dim = int(self.config["latent_dim"])
-        noise = torch.randn(n, latent_dim, generator=generator)
+        noise = torch.randn(n, latent_dim, generator=generator, device=self.device)
         if not self.conditional:
             return noise
         mu, logvar = self.prior(condition["scalars"], condition["present"], condition["absent"])
@@ -405,16 +410,17 @@ class CDVAE(nn.Module):
                            generator: torch.Generator) -> torch.Tensor:
         """CDVAE's: round p·N per element, draw the remainder from the leftover probabilities, shuffle."""
         sampled = []
+        elements = torch.arange(1, MAX_ATOMIC_NUMBER + 1, device=probabilities.device)
         for probs, n in zip(probabilities, num_atoms.tolist()):
             counts = torch.round(probs * n).long()
-            types = torch.repeat_interleave(torch.arange(1, MAX_ATOMIC_NUMBER + 1), counts)
+            types = torch.repeat_interleave(elements, counts)
             if len(types) < n:
                 leftover = (probs - counts.float() / n).clamp_min(0.0)
                 if leftover.sum() <= 0:
                     leftover = probs
                 extra = torch.multinomial(leftover, n - len(types), replacement=True, generator=generator) + 1
                 types = torch.cat([types, extra])
-            types = types[torch.randperm(len(types), generator=generator)][:n]
+            types = types[torch.randperm(len(types), generator=generator, device=types.device)][:n]
             sampled.append(types)
         return torch.cat(sampled)
 
@@ -446,7 +452,7 @@ class CDVAE(nn.Module):
             composition_logits[:, forbidden_types] = -torch.inf
         atom_types = self.sample_composition(F.softmax(composition_logits, dim=-1), num_atoms, generator)
         crystal_index = crystal_index_of(num_atoms)
-        frac = torch.rand(len(atom_types), 3, generator=generator)
+        frac = torch.rand(len(atom_types), 3, generator=generator, device=z.device)
         sigma_last = float(self.sigmas[-1])
         total = len(self.sigmas) * n_step_each
         with tqdm(total=total, desc="Langevin steps", disable=not progress, leave=False) as bar:
@@ -454,7 +460,7 @@ class CDVAE(nn.Module):
                 step_size = step_lr * (sigma / sigma_last) ** 2
                 for _ in range(n_step_each):
                     score, type_logits = self.decoder(z, frac, atom_types, lattices, num_atoms)
-                    noise = torch.randn(frac.shape, generator=generator) * math.sqrt(2 * step_size)
+                    noise = torch.randn(frac.shape, generator=generator, device=z.device) * math.sqrt(2 * step_size)
                     cart = frac_to_cart(frac, lattices, crystal_index) + step_size * score / sigma + noise
                     frac = cart_to_frac(cart, lattices, crystal_index) % 1.0
                     if forbidden_types is not None:

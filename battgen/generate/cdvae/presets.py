@@ -38,18 +38,21 @@ PAPER_HYPERPARAMETERS: dict[str, Any] = {
     "cost_property": 1.0,
     "cost_prior": 1.0,  # conditional prior NLL (Con-CDVAE)
     "beta": 0.01,  # KL weight
-    # optimisation (CDVAE: Adam 1e-3, ReduceLROnPlateau factor 0.6, patience 30, min 1e-4; clip 0.5)
+    # optimisation (CDVAE: Adam 1e-3, ReduceLROnPlateau factor 0.6, patience 30, min 1e-4; gradients
+    # clipped element-wise at 0.5, conf/train/default.yaml gradient_clip_algorithm: value)
     "lr": 1e-3,
     "min_lr": 1e-4,
     "lr_factor": 0.6,
     "lr_patience": 30,
-    "gradient_clip_norm": 0.5,
+    "gradient_clip_value": 0.5,
     "batch_size": 256,
     "max_epochs": 5000,
     "max_steps": None,
     "max_wall_time_s": None,
     "checkpoint_every_steps": 1000,
     "num_threads": None,  # torch threads; None keeps torch's setting (OMP_NUM_THREADS)
+    "num_workers": 0,  # DataLoader workers collating batches ahead of the optimiser (battgen.generate.precision)
+    "autocast": None,  # opt-in mixed precision of the training forward pass: bfloat16 | float16 (CUDA only)
     "progress": True,
     # conditioning (Con-CDVAE; seed 004): keys of battgen.generate.conditions.SCALAR_CONDITIONS and/or
     # "element_presence"; property heads for latent-space optimisation

@@ -17,8 +17,6 @@ from __future__ import annotations
 import json
 import math
 import random
-import signal
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -28,6 +26,8 @@ import torch
 from tqdm.auto import tqdm
 
 from battgen.batch import StructureBatch
+from battgen.checkpoint import SigtermGuard
+from battgen.devices import device_rng_state, generator_on, set_device_rng_state, training_record
 from battgen.generate.cdvae.data import (
     ELEMENT_PRESENCE,
     MAX_ATOMIC_NUMBER,
@@ -41,8 +41,17 @@ from battgen.generate.cdvae.data import (
     records_to_arrays,
 )
 from battgen.generate.cdvae.model import CDVAE
+from battgen.generate.precision import (
+    StepScaler,
+    autocast_context,
+    precision_label,
+    prefetched,
+    validate_autocast,
+    validate_num_workers,
+)
 from battgen.generate.conditions import SCALAR_CONDITIONS, condition_columns
 from battgen.models import CHECKPOINT_DIRNAME
+from battgen.progress import Bar
 
 MODEL_FILENAME = "cdvae.pt"
 NORMALIZATION_FILENAME = "normalization.json"
@@ -83,15 +92,18 @@ def featurize_batch(
             dropped += 1
             continue
         record = featurize_structure(structure, float(hyperparameters["cutoff_A"]), int(hyperparameters["max_neighbors"]))
-        record.conditions = torch.tensor(condition_values, dtype=torch.float64)
+        record.conditions = torch.tensor(condition_values, dtype=torch.float64, device="cpu")  # the cache's
         record.properties = torch.tensor(
-            [math.nan if columns[key][index] is None else columns[key][index] for key in properties], dtype=torch.float64)
+            [math.nan if columns[key][index] is None else columns[key][index] for key in properties],
+            dtype=torch.float64, device="cpu")
         records.append(record)
     return records, {"n_rows": len(batch), "n_used": len(records), "n_dropped_missing_condition": dropped}
 
 
 def model_config(hyperparameters: dict[str, Any], records: list[CrystalRecord]) -> dict[str, Any]:
     config = {key: hyperparameters[key] for key in ARCHITECTURE_KEYS}
+    # the sampler's default element pool: atomic numbers seen in training
+    config["element_pool"] = sorted({int(z) for r in records for z in r.atom_types.tolist()})
     # the atom-count head needs a class for the largest training crystal
     config["max_atoms"] = max(int(hyperparameters["max_atoms"]), max(len(r.atom_types) for r in records))
     conditions = list(hyperparameters.get("conditions") or [])
@@ -126,7 +138,7 @@ def load_scalers(model: CDVAE, state: dict[str, Any]) -> None:
 
 
 def presence_vectors(atom_types: torch.Tensor, crystal_index: torch.Tensor, n_crystals: int) -> torch.Tensor:
-    present = torch.zeros(n_crystals, MAX_ATOMIC_NUMBER)
+    present = torch.zeros(n_crystals, MAX_ATOMIC_NUMBER, device=atom_types.device)
     present[crystal_index, atom_types - 1] = 1.0
     return present
 
@@ -137,12 +149,13 @@ def training_condition(model: CDVAE, batch: CrystalBatch, reveal_present: float,
     (each present element with probability ``reveal_present``, each absent one with ``reveal_absent``)."""
     if not model.conditional:
         return None
-    n = batch.n_crystals
-    scalars = model.condition_scaler.transform(batch.conditions) if model.scalar_condition_keys else torch.zeros(n, 0)
-    present = absent = torch.zeros(n, MAX_ATOMIC_NUMBER)
+    n, device = batch.n_crystals, batch.num_atoms.device
+    scalars = (model.condition_scaler.transform(batch.conditions) if model.scalar_condition_keys
+               else torch.zeros(n, 0, device=device))
+    present = absent = torch.zeros(n, MAX_ATOMIC_NUMBER, device=device)
     if model.use_element_presence:
         is_present = presence_vectors(batch.atom_types, batch.crystal_index, n)
-        draw = torch.rand(n, MAX_ATOMIC_NUMBER, generator=generator)
+        draw = torch.rand(n, MAX_ATOMIC_NUMBER, generator=generator, device=device)
         present = is_present * (draw < reveal_present).float()
         absent = (1 - is_present) * (draw < reveal_absent).float()
     return {"scalars": scalars, "present": present, "absent": absent}
@@ -163,10 +176,10 @@ def evaluate_losses(model: CDVAE, records: list[CrystalRecord], hyperparameters:
     batch_size = int(hyperparameters["batch_size"])
     with torch.random.fork_rng():
         torch.manual_seed(seed + 7919)
-        generator = torch.Generator().manual_seed(seed + 7919)
+        generator = generator_on(str(model.device), seed + 7919)
         for start in range(0, len(records), batch_size):
             chunk = records[start:start + batch_size]
-            batch = collate(chunk)
+            batch = collate(chunk).to(model.device)
             condition = training_condition(model, batch, hyperparameters["reveal_present_probability"],
                                            hyperparameters["reveal_absent_probability"], generator)
             terms = model.losses(batch, condition, loss_weights(hyperparameters))
@@ -176,28 +189,10 @@ def evaluate_losses(model: CDVAE, records: list[CrystalRecord], hyperparameters:
     return {key: value / len(records) for key, value in totals.items()}
 
 
-class _SigtermFlag:
-    """Turns SIGTERM into a flag the loop checks (main thread only; elsewhere signals are not ours)."""
-
-    def __init__(self) -> None:
-        self.received = False
-        self.previous = None
-
-    def __enter__(self) -> _SigtermFlag:
-        if threading.current_thread() is threading.main_thread():
-            self.previous = signal.signal(signal.SIGTERM, self._handle)
-        return self
-
-    def _handle(self, signum, frame) -> None:
-        self.received = True
-
-    def __exit__(self, *exc) -> None:
-        if self.previous is not None:
-            signal.signal(signal.SIGTERM, self.previous)
-
-
-def save_checkpoint(path: Path, model, optimizer, scheduler, progress: dict[str, Any]) -> None:
+def save_checkpoint(path: Path, model, optimizer, scheduler, progress: dict[str, Any],
+                    grad_scaler: dict[str, Any] | None = None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
+    device = str(model.device)
     state = {
         "config": model.config,
         "model": model.state_dict(),
@@ -205,7 +200,9 @@ def save_checkpoint(path: Path, model, optimizer, scheduler, progress: dict[str,
         "scheduler": scheduler.state_dict(),
         "scalers": scalers_state(model),
         "progress": progress,
-        "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
+        "grad_scaler": grad_scaler,  # float16 autocast's loss scale
+        "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+                "device": device_rng_state(device), "device_kind": model.device.type},
     }
     temporary = path.with_suffix(".tmp")
     torch.save(state, temporary)
@@ -213,6 +210,7 @@ def save_checkpoint(path: Path, model, optimizer, scheduler, progress: dict[str,
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
+    # CPU first whatever it was saved from; the optimizer state follows the parameters' device on load
     return torch.load(path, map_location="cpu", weights_only=False)  # our own file: holds RNG tuples
 
 
@@ -227,9 +225,15 @@ def save_model(model_dir: Path, model: CDVAE, hyperparameters: dict[str, Any]) -
     }, indent=1), encoding="utf-8")
 
 
-def load_model(model_dir: Path) -> CDVAE:
-    saved = torch.load(Path(model_dir) / MODEL_FILENAME, map_location="cpu", weights_only=True)
-    model = CDVAE(saved["config"])
+def build_model(config: dict[str, Any], device: str) -> CDVAE:
+    with torch.device(device):  # parameters and buffers are created where the model runs
+        return CDVAE(config)
+
+
+def load_model(model_dir: Path, device: str = "cpu") -> CDVAE:
+    """The saved model on ``device``, wherever it was trained (``map_location``)."""
+    saved = torch.load(Path(model_dir) / MODEL_FILENAME, map_location=device, weights_only=True)
+    model = build_model(saved["config"], device)
     model.load_state_dict(saved["state_dict"])
     load_scalers(model, saved["scalers"])
     model.eval()
@@ -243,8 +247,10 @@ def train_cdvae(
     hyperparameters: dict[str, Any],
     seed: int = 0,
     resume_from: Path | None = None,
+    device: str = "cpu",
 ) -> dict[str, Any]:
-    """Fit CDVAE on ``train_batch``; writes ``cdvae.pt`` + ``normalization.json`` into ``model_dir``.
+    """Fit CDVAE on ``train_batch`` on ``device`` (a resolved torch device, see :mod:`battgen.devices`);
+    writes ``cdvae.pt`` + ``normalization.json`` into ``model_dir``.
 
     Returns ``{"training": {...}, "metrics": {...}}`` (see :meth:`TrainableGenerator.train`)."""
     hp = hyperparameters
@@ -255,6 +261,8 @@ def train_cdvae(
     np.random.seed(seed % 2**32)
     random.seed(seed)
     torch.set_num_threads(max(1, int(hp.get("num_threads") or torch.get_num_threads())))
+    validate_autocast(hp.get("autocast"), device)  # float16 without CUDA fails before any work
+    validate_num_workers(hp.get("num_workers", 0))
 
     train_records, train_counts = featurize_batch(train_batch, hp, "featurising train")
     val_records, val_counts = featurize_batch(val_batch, hp, "featurising val")
@@ -269,7 +277,7 @@ def train_cdvae(
             raise ValueError(f"resume_from: no checkpoint at {checkpoint_path}")
         checkpoint = load_checkpoint(checkpoint_path)
     config = checkpoint["config"] if checkpoint else model_config(hp, train_records)
-    model = CDVAE(config)
+    model = build_model(config, device)
     if checkpoint is None:
         fit_scalers(model, train_records)
     optimizer = torch.optim.Adam(model.parameters(), lr=float(hp["lr"]))
@@ -285,9 +293,16 @@ def train_cdvae(
         torch.set_rng_state(checkpoint["rng"]["torch"])
         np.random.set_state(checkpoint["rng"]["numpy"])
         random.setstate(checkpoint["rng"]["python"])
+        if checkpoint["rng"].get("device_kind") == model.device.type:  # same kind of device: exact resume
+            set_device_rng_state(device, checkpoint["rng"].get("device"))
     resumed_from_step = progress["step"] if checkpoint is not None else None
 
     weights = loss_weights(hp)
+    autocast = validate_autocast(hp.get("autocast"), device)  # opt-in; see battgen.generate.precision
+    num_workers = validate_num_workers(hp.get("num_workers", 0))
+    step_scaler = StepScaler(device, autocast)
+    if checkpoint is not None:
+        step_scaler.load_state_dict(checkpoint.get("grad_scaler"))
     batch_size = int(hp["batch_size"])
     steps_per_epoch = math.ceil(len(train_records) / batch_size)
     max_steps = hp.get("max_steps")
@@ -300,14 +315,21 @@ def train_cdvae(
     total_steps = max_steps if max_steps is not None else (max_epochs or 0) * steps_per_epoch or None
     model.train()
 
-    with _SigtermFlag() as sigterm, tqdm(total=total_steps, initial=progress["step"], desc="CDVAE training",
-                                         disable=not hp.get("progress", True)) as bar:
+    def clip() -> None:
+        if hp.get("gradient_clip_value"):  # CDVAE clips each gradient element, not the norm
+            torch.nn.utils.clip_grad_value_(model.parameters(), float(hp["gradient_clip_value"]))
+
+    with SigtermGuard() as sigterm, Bar(total=total_steps, initial=progress["step"], desc="CDVAE training",
+                                        unit="step", disable=not hp.get("progress", True)) as bar:
         while stopped_because is None:
             if max_epochs is not None and progress["epoch"] >= int(max_epochs):
                 stopped_because = "max_epochs"
                 break
             order = np.random.default_rng([seed, progress["epoch"]]).permutation(len(train_records))
-            for batch_number in range(progress["batch_in_epoch"], steps_per_epoch):
+            numbers = range(progress["batch_in_epoch"], steps_per_epoch)
+            cpu_batches = prefetched([order[b * batch_size:(b + 1) * batch_size] for b in numbers],
+                                     lambda rows: collate([train_records[i] for i in rows]), num_workers, device)
+            for batch_number, cpu_batch in zip(numbers, cpu_batches):
                 if max_steps is not None and progress["step"] >= int(max_steps):
                     stopped_because = "max_steps"
                 elif max_wall is not None and time.monotonic() - started >= float(max_wall):
@@ -316,16 +338,13 @@ def train_cdvae(
                     stopped_because = "sigterm"
                 if stopped_because:
                     break
-                indices = order[batch_number * batch_size:(batch_number + 1) * batch_size]
-                batch = collate([train_records[i] for i in indices])
+                batch = cpu_batch.to(device)
                 condition = training_condition(model, batch, hp["reveal_present_probability"],
                                                hp["reveal_absent_probability"])
-                terms = model.losses(batch, condition, weights)
+                with autocast_context(device, autocast):  # only the forward pass and the loss
+                    terms = model.losses(batch, condition, weights)
                 optimizer.zero_grad()
-                terms["loss"].backward()
-                if hp.get("gradient_clip_norm"):
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), float(hp["gradient_clip_norm"]))
-                optimizer.step()
+                step_scaler.step(terms["loss"], optimizer, clip)
                 progress["step"] += 1
                 progress["batch_in_epoch"] = batch_number + 1
                 recent_losses.append({key: float(value.detach()) for key, value in terms.items()})
@@ -333,7 +352,7 @@ def train_cdvae(
                 bar.update(1)
                 bar.set_postfix(loss=f"{float(terms['loss'].detach()):.3f}", epoch=progress["epoch"])
                 if progress["step"] % every == 0:
-                    save_checkpoint(checkpoint_path, model, optimizer, scheduler, progress)
+                    save_checkpoint(checkpoint_path, model, optimizer, scheduler, progress, step_scaler.state_dict())
             if stopped_because:
                 break
             # end of an epoch: validation loss drives the plateau scheduler (CDVAE monitors val_loss)
@@ -345,7 +364,7 @@ def train_cdvae(
                                         "lr": optimizer.param_groups[0]["lr"]})
             progress["epoch"] += 1
             progress["batch_in_epoch"] = 0
-    save_checkpoint(checkpoint_path, model, optimizer, scheduler, progress)
+    save_checkpoint(checkpoint_path, model, optimizer, scheduler, progress, step_scaler.state_dict())
     save_model(model_dir, model, hp)
 
     val_terms = evaluate_losses(model, val_records, hp, seed)
@@ -364,6 +383,8 @@ def train_cdvae(
             "train_rows": train_counts,
             "val_rows": val_counts,
             "max_atoms": model.max_atoms,
+            **training_record(device, precision_label(autocast)),
+            "num_workers": num_workers,
         },
         "metrics": {
             **{f"train_{key}": round(value, 6) for key, value in train_means.items()},

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from battgen.batch import StructureBatch
 from battgen.generate.base import TrainableGenerator
@@ -39,6 +38,7 @@ from battgen.generate.llm.prompts import (
 )
 from battgen.generate.llm.text import CrystalTextError, TextFormat
 from battgen.models import ModelFormatError, read_manifest
+from battgen.progress import Bar
 
 ARCHITECTURE = "crystal-llm"
 SAMPLING_KEYS = ("temperature", "top_p", "max_new_tokens", "batch_size", "max_attempts")
@@ -47,6 +47,9 @@ CONDITION_KEYS = ("task", *SCALAR_CONDITIONS, "required_elements", "forbidden_el
 DEFAULT_TEMPERATURE = 0.9  # crystal-text-llm samples with T 0.7-1.0 and top-p 0.9-0.99
 DEFAULT_TOP_P = 0.95
 INFILL_MAX_NEW_TOKENS = 8  # an element symbol and a newline
+# a sample may run this much longer than the longest training answer before it is cut (and counted truncated)
+ANSWER_MARGIN = 1.25
+LEGACY_ANSWER_LIMIT = 1024  # models trained before the longest answer was recorded
 ELEMENT_CONDITIONS_NOT_MET = "element_conditions_not_met"  # parsed, but breaks required/forbidden elements
 
 
@@ -108,7 +111,7 @@ class CrystalLLMGenerator(TrainableGenerator):
     name = "llm"
     architecture = ARCHITECTURE
 
-    def __init__(self, model: str | Path, device: str = "cpu", progress: bool = False, **options: Any) -> None:
+    def __init__(self, model: str | Path, device: str = "auto", progress: bool = False, **options: Any) -> None:
         if options:
             raise ValueError(f"unknown llm generator option(s) {sorted(options)}; allowed: model, device, progress")
         super().__init__(model, device)
@@ -130,8 +133,9 @@ class CrystalLLMGenerator(TrainableGenerator):
         base = settings["base_model"]
         base_path = self.model_dir / "base_model" if base == "base_model" else base
         # A model trained in 4 bit samples in 4 bit on a GPU, in full precision elsewhere.
-        quantize = bool(settings.get("quantize_4bit")) and resolve_quantization(True, True, device.startswith("cuda"))
-        base_model = load_base_model(base_path, quantize_4bit=quantize, device=device)
+        quantize = bool(settings.get("quantize_4bit")) and resolve_quantization(True, True,
+                                                                                 self.device.startswith("cuda"))
+        base_model = load_base_model(base_path, quantize_4bit=quantize, device=self.device)
         from peft import PeftModel
 
         peft_model = PeftModel.from_pretrained(base_model, self.model_dir / "adapter")
@@ -148,10 +152,10 @@ class CrystalLLMGenerator(TrainableGenerator):
 
     @classmethod
     def train(cls, splits: Any, model_dir: Path, hyperparameters: dict[str, Any], seed: int = 0,
-              resume_from: Path | None = None) -> dict[str, Any]:
+              resume_from: Path | None = None, device: str = "cpu") -> dict[str, Any]:
         from battgen.generate.llm.train import train_crystal_llm
 
-        return train_crystal_llm(splits, model_dir, hyperparameters, seed=seed, resume_from=resume_from)
+        return train_crystal_llm(splits, model_dir, hyperparameters, seed=seed, resume_from=resume_from, device=device)
 
     # --- prompts -----------------------------------------------------------------------------------
     def _prompt_conditions(self, checked: dict[str, Any]) -> PromptConditions:
@@ -202,8 +206,12 @@ class CrystalLLMGenerator(TrainableGenerator):
         # + 1 for the beginning-of-sequence token; learned positions (GPT-2) cap prompt + answer length.
         longest_prompt = max(len(self.tokenizer(p, add_special_tokens=False)["input_ids"]) + 1 for p in set(prompts))
         room = self.max_length - longest_prompt
-        wanted = checked["max_new_tokens"] or (INFILL_MAX_NEW_TOKENS if task == "infill" else room)
-        max_new_tokens = min(wanted, room)
+        longest_answer = self.settings.get("longest_answer_tokens")
+        # never the whole context of a 131k-position base: one endless sample would hold a GPU batch for hours
+        answer_limit = int(ANSWER_MARGIN * longest_answer) + 2 if longest_answer else LEGACY_ANSWER_LIMIT
+        limit = room if task == "infill" else min(room, answer_limit)
+        default = INFILL_MAX_NEW_TOKENS if task == "infill" else limit
+        max_new_tokens = min(checked["max_new_tokens"] or default, limit)
         if max_new_tokens < 1:
             raise ValueError(
                 f"the prompt ({longest_prompt} tokens) leaves no room in the model's {self.max_length} positions"
@@ -215,7 +223,7 @@ class CrystalLLMGenerator(TrainableGenerator):
         n_sampled, n_parsed = 0, 0
         started = time.perf_counter()
         batch_size = checked["batch_size"]
-        progress = tqdm(total=n, desc="llm sampling", disable=not self.progress)
+        progress = Bar(total=n, desc="llm sampling", unit="struct", disable=not self.progress)
         for batch_index, start in enumerate(range(0, max_attempts, batch_size)):
             if len(structures) >= n:
                 break

@@ -129,7 +129,7 @@ def load_base_model(name_or_dir: str | Path, quantize_4bit: bool = False, device
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=torch.bfloat16,
         )
-        kwargs["device_map"] = {"": 0}
+        kwargs["device_map"] = {"": torch.device(device).index or 0}  # the CUDA device asked for
     try:
         model = AutoModelForCausalLM.from_pretrained(str(name_or_dir), **kwargs)
     except Exception as exc:  # noqa: BLE001 - see _unavailable_message

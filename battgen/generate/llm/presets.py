@@ -9,7 +9,7 @@ config's ``hyperparameters:``); :func:`preset_hyperparameters` returns the merge
   GPT-2 pre-trained from scratch, then the seed's LoRA settings for a short fine-tune).
 - ``llama-3.1-8b``: the seed's model (000 §2.3/§3): LLaMA-3.1-8B, LoRA r 8, α 32, dropout 0.05, 4 bit,
   lr 1e-4 with a cosine schedule and 100 warm-up steps, batch size 1. Needs internet (gated hub model) and a
-  CUDA GPU; the seed trained 25 epochs (150 h on an L40).
+  CUDA GPU (the command config's top-level ``device``); the seed trained 25 epochs (150 h on an L40).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     "cpu-benchmark": {
         "tokenizer": {"vocab_size": 512, "min_frequency": 2},
-        "pretrain": {"n_layer": 4, "n_embd": 128, "n_head": 4, "n_positions": 512, "dropout": 0.0,
+        "pretrain": {"n_layer": 4, "n_embd": 128, "n_head": 4, "n_positions": 1024, "dropout": 0.0,
                      "lr": 2e-3, "warmup_steps": 100, "batch_size": 8, "max_steps": 3000,
                      "max_wall_time_s": 660},
         "lora": {"r": 8, "alpha": 32, "dropout": 0.05, "lr": 1e-4, "scheduler": "cosine", "warmup_steps": 100,
@@ -49,7 +49,6 @@ PRESETS: dict[str, dict[str, Any]] = {
         "quantize_4bit": True,
         "checkpoint_every_steps": 5000,
         "eval_every_steps": 5000,
-        "device": "auto",
     },
 }
 

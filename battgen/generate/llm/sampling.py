@@ -33,15 +33,14 @@ def sample_texts(model, tokenizer, prompts: list[str], temperature: float, top_p
     bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
     encoded = [bos + tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
     width = max(len(ids) for ids in encoded)
-    input_ids = torch.full((len(encoded), width), tokenizer.pad_token_id, dtype=torch.long)
-    attention = torch.zeros((len(encoded), width), dtype=torch.long)
-    for row, ids in enumerate(encoded):
-        input_ids[row, width - len(ids):] = torch.tensor(ids)
-        attention[row, width - len(ids):] = 1
-    torch.manual_seed(torch_seed)
+    input_ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(ids)) + ids for ids in encoded],
+                             dtype=torch.long, device=device)
+    attention = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in encoded], dtype=torch.long,
+                             device=device)
+    torch.manual_seed(torch_seed)  # seeds the CUDA generators too
     with torch.no_grad():
         output = model.generate(
-            input_ids=input_ids.to(device), attention_mask=attention.to(device), do_sample=True,
+            input_ids=input_ids, attention_mask=attention, do_sample=True,
             temperature=float(temperature), top_p=float(top_p), top_k=0, max_new_tokens=int(max_new_tokens),
             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
         )

@@ -32,9 +32,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from battgen.batch import StructureBatch
+from battgen.devices import device_rng_state, set_device_rng_state, training_record
 from battgen.generate.conditions import SCALAR_CONDITIONS, condition_columns
 from battgen.generate.llm.model import (
     build_gpt2,
@@ -45,8 +45,17 @@ from battgen.generate.llm.model import (
     train_tokenizer,
     wrap_with_lora,
 )
+from battgen.generate.precision import (
+    StepScaler,
+    autocast_context,
+    precision_label,
+    prefetched,
+    validate_autocast,
+    validate_num_workers,
+)
 from battgen.generate.llm.prompts import TASKS, TrainingExample, make_training_example, task_probabilities
 from battgen.generate.llm.text import TextFormat, augment_structure
+from battgen.progress import Bar
 
 SETTINGS_FILENAME = "crystal-llm.json"
 PROMPT_VERSION = 1  # bump when a template in prompts.py changes: old models then refuse to load
@@ -65,7 +74,8 @@ def default_hyperparameters() -> dict[str, Any]:
         "working_ion": "Li",
         "tokenizer": {"vocab_size": 512, "min_frequency": 2},
         "pretrain": {
-            "n_layer": 4, "n_embd": 128, "n_head": 4, "n_positions": 512, "dropout": 0.1,
+            # 1,024 positions: ~17 tokens an atom holds 44-atom TMO cells (seed 000) with their prompt
+            "n_layer": 4, "n_embd": 128, "n_head": 4, "n_positions": 1024, "dropout": 0.1,
             "lr": 1e-3, "weight_decay": 0.01, "scheduler": "cosine", "warmup_steps": 100,
             "batch_size": 16, "max_steps": 2000, "max_wall_time_s": None,
         },
@@ -76,12 +86,13 @@ def default_hyperparameters() -> dict[str, Any]:
         },
         "quantize_4bit": False,
         "quantize_4bit_cpu_fallback": False,  # without CUDA: train in full precision instead of failing
+        "autocast": None,  # opt-in mixed precision of the training forward pass: bfloat16 | float16 (CUDA only)
+        "num_workers": 0,  # DataLoader workers that augment + tokenise batches ahead (battgen.generate.precision)
         "checkpoint_every_steps": 200,
         "keep_checkpoints": 2,
         "eval_every_steps": 200,
         "max_eval_examples": 64,
         "eval_batch_size": 16,
-        "device": "auto",  # auto: cuda when available, else cpu
         "progress": True,
     }
 
@@ -133,6 +144,13 @@ class ExampleSource:
             examples.append(self.example(int(order[offset]), rng))
         return examples
 
+    def subset(self, keep: list[int]) -> ExampleSource:
+        """The same source restricted to rows ``keep`` (element pool kept: it names the prompts' vocabulary)."""
+        kept = set(keep)
+        return ExampleSource(self.batch.select([i in kept for i in range(len(self.batch))]),
+                             [self.scalar_values[i] for i in keep], self.decimals, self.tasks, self.task_weights,
+                             self.element_pool, self.augment, self.condition_dropout)
+
     def fixed_examples(self, seed: int, limit: int) -> list[TrainingExample]:
         """A fixed, seeded set (validation loss is comparable between evaluations)."""
         examples = []
@@ -151,7 +169,8 @@ class ExampleSource:
 
 
 def encode_example(tokenizer, example: TrainingExample, max_length: int, loss_on_prompt: bool) -> tuple:
-    """(input ids, labels, truncated): ``<s> prompt answer </s>``; prompt labels ignored unless asked."""
+    """(input ids, labels, too long): ``<s> prompt answer </s>``; prompt labels ignored unless asked.
+    Never cut: a text without its end token would teach the model cells that never end."""
     prompt_ids = tokenizer(example.prompt, add_special_tokens=False)["input_ids"]
     answer_ids = tokenizer(example.answer, add_special_tokens=False)["input_ids"]
     bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
@@ -160,21 +179,53 @@ def encode_example(tokenizer, example: TrainingExample, max_length: int, loss_on
         labels = list(ids)
     else:
         labels = [IGNORE_INDEX] * (len(bos) + len(prompt_ids)) + answer_ids + [tokenizer.eos_token_id]
-    truncated = len(ids) > max_length
-    return ids[:max_length], labels[:max_length], truncated
+    return ids, labels, len(ids) > max_length
 
 
-def collate(encoded: list[tuple], pad_id: int):
+def fitting(encoded: list[tuple]) -> list[tuple]:
+    return [item for item in encoded if not item[2]]
+
+
+def refuse_rows_longer_than_context(source: ExampleSource, tokenizer, max_length: int, seed: int
+                                    ) -> tuple[ExampleSource, dict[str, Any]]:
+    """Drop the rows whose longest example (each task, every condition in the prompt) does not fit in
+    ``max_length`` positions; counts by reason, tokens per atom and the longest kept answer (tokens)."""
+    keep, answer_tokens, atoms = [], [], []
+    for index, structure in enumerate(source.batch.structures):
+        longest = 0
+        for k, task in enumerate(TASKS):
+            example = make_training_example(task, structure, source.scalar_values[index],
+                                            np.random.default_rng([seed, 13, index, k]), source.decimals,
+                                            source.element_pool, 0.0)
+            ids, _, _ = encode_example(tokenizer, example, max_length, True)
+            longest = max(longest, len(ids))
+            if task == "unconditional":
+                answer_tokens.append(len(tokenizer(example.answer, add_special_tokens=False)["input_ids"]))
+                atoms.append(len(structure))
+        if longest <= max_length:
+            keep.append(index)
+    if not keep:
+        raise ValueError(f"every training row is longer than the model's {max_length} positions; "
+                         "raise pretrain.n_positions or filter smaller cells (filter max_atoms)")
+    refused = len(source.batch) - len(keep)
+    stats = {
+        "context_positions": max_length,
+        "n_rows_refused": {"longer_than_context": refused},
+        "tokens_per_atom": round(sum(answer_tokens) / max(sum(atoms), 1), 3),
+        "longest_answer_tokens": max(answer_tokens[i] for i in keep),
+    }
+    return (source.subset(keep) if refused else source), stats
+
+
+def collate(encoded: list[tuple], pad_id: int, device: str = "cpu"):
+    """(input ids, labels, attention mask), right-padded, made on ``device`` (the model's)."""
     import torch
 
     width = max(len(ids) for ids, _, _ in encoded)
-    input_ids = torch.full((len(encoded), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(encoded), width), IGNORE_INDEX, dtype=torch.long)
-    attention = torch.zeros((len(encoded), width), dtype=torch.long)
-    for row, (ids, labs, _) in enumerate(encoded):
-        input_ids[row, : len(ids)] = torch.tensor(ids)
-        labels[row, : len(labs)] = torch.tensor(labs)
-        attention[row, : len(ids)] = 1
+    rows = [(list(ids) + [pad_id] * (width - len(ids)), list(labs) + [IGNORE_INDEX] * (width - len(labs)),
+             [1] * len(ids) + [0] * (width - len(ids))) for ids, labs, _ in encoded]
+    input_ids, labels, attention = (torch.tensor([row[k] for row in rows], dtype=torch.long, device=device)
+                                    for k in range(3))
     return input_ids, labels, attention
 
 
@@ -200,8 +251,10 @@ def evaluation_loss(model, tokenizer, examples, max_length, loss_on_prompt, batc
     with torch.no_grad():
         for start in range(0, len(examples), batch_size):
             chunk = examples[start:start + batch_size]
-            encoded = [encode_example(tokenizer, e, max_length, loss_on_prompt) for e in chunk]
-            tensors = [t.to(device) for t in collate(encoded, tokenizer.pad_token_id)]
+            encoded = fitting([encode_example(tokenizer, e, max_length, loss_on_prompt) for e in chunk])
+            if not encoded:
+                continue
+            tensors = collate(encoded, tokenizer.pad_token_id, device)
             loss, n = token_loss_sum(model, *tensors)
             total, count = total + float(loss), count + n
     model.train(was_training)
@@ -230,7 +283,8 @@ def last_checkpoint(model_dir: Path) -> dict[str, Any] | None:
     return {**state, "path": dirs[-1]}
 
 
-def save_checkpoint(model_dir, stage, step, model, optimizer, scheduler, extra: dict, keep: int) -> Path:
+def save_checkpoint(model_dir, stage, step, model, optimizer, scheduler, extra: dict, keep: int,
+                    grad_scaler: dict | None = None) -> Path:
     import torch
 
     path = Path(model_dir) / "checkpoints" / f"{stage}-{step:06d}"
@@ -238,8 +292,10 @@ def save_checkpoint(model_dir, stage, step, model, optimizer, scheduler, extra: 
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
     model.save_pretrained(partial / ("model" if stage == "pretrain" else "adapter"))
+    device = str(next(model.parameters()).device)
     torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "torch_rng": torch.get_rng_state()}, partial / "optimizer.pt")
+                "torch_rng": torch.get_rng_state(), "device_rng": device_rng_state(device),
+                "grad_scaler": grad_scaler}, partial / "optimizer.pt")
     (partial / "state.json").write_text(json.dumps({"stage": stage, "step": step, **extra}, indent=1), encoding="utf-8")
     shutil.rmtree(path, ignore_errors=True)
     partial.rename(path)
@@ -249,13 +305,17 @@ def save_checkpoint(model_dir, stage, step, model, optimizer, scheduler, extra: 
     return path
 
 
-def restore_optimizer(path: Path, optimizer, scheduler) -> None:
+def restore_optimizer(path: Path, optimizer, scheduler, device: str = "cpu", step_scaler=None) -> None:
     import torch
 
-    state = torch.load(path / "optimizer.pt", weights_only=False)
+    # saved on any device, read on the CPU; the optimizer moves its state to its parameters' device
+    state = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=False)
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["torch_rng"])
+    set_device_rng_state(device, state.get("device_rng"))
+    if step_scaler is not None:
+        step_scaler.load_state_dict(state.get("grad_scaler"))
 
 
 # --- one stage -----------------------------------------------------------------------------------------
@@ -305,9 +365,11 @@ def run_stage(stage: str, model, ctx: StageContext, resume: dict[str, Any] | Non
     optimizer = torch.optim.AdamW(trainable, lr=float(stage_hp["lr"]), weight_decay=float(stage_hp["weight_decay"]))
     scheduler = make_scheduler(optimizer, stage_hp["scheduler"], effective_warmup(stage_hp["warmup_steps"], max_steps),
                                max_steps)
+    autocast = validate_autocast(ctx.hp.get("autocast"), ctx.device)  # see battgen.generate.precision
+    step_scaler = StepScaler(ctx.device, autocast)
     start_step = 0
     if resume is not None:
-        restore_optimizer(resume["path"], optimizer, scheduler)
+        restore_optimizer(resume["path"], optimizer, scheduler, ctx.device, step_scaler)
         start_step = int(resume["step"])
     else:
         torch.manual_seed(ctx.seed + STAGES.index(stage))
@@ -326,23 +388,33 @@ def run_stage(stage: str, model, ctx: StageContext, resume: dict[str, Any] | Non
     stopped_because = "max_steps"
     step = start_step
     train_losses: list[float] = []
-    n_truncated = 0
+    n_refused = 0
     model.train()
-    progress = tqdm(total=max_steps, initial=start_step, desc=f"crystal-llm {stage}", disable=not ctx.hp["progress"])
+    progress = Bar(total=max_steps, initial=start_step, desc=f"crystal-llm {stage}", unit="step",
+                   disable=not ctx.hp["progress"])
+
+    def encoded_step(index: int) -> list[tuple]:  # depends on (seed, stage, step) only: any worker may build it
+        examples = ctx.train_source.batch_for_step(ctx.seed, stage, index, int(stage_hp["batch_size"]))
+        return [encode_example(ctx.tokenizer, e, ctx.max_length, loss_on_prompt) for e in examples]
+
+    steps = prefetched(range(start_step, max_steps), encoded_step,
+                       validate_num_workers(ctx.hp.get("num_workers", 0)), ctx.device)
     while step < max_steps:
         if budget_s is not None and time.perf_counter() - started >= float(budget_s):
             stopped_because = "max_wall_time_s"
             break
-        examples = ctx.train_source.batch_for_step(ctx.seed, stage, step, int(stage_hp["batch_size"]))
-        encoded = [encode_example(ctx.tokenizer, e, ctx.max_length, loss_on_prompt) for e in examples]
-        n_truncated += sum(truncated for _, _, truncated in encoded)
-        tensors = [t.to(ctx.device) for t in collate(encoded, ctx.tokenizer.pad_token_id)]
-        loss_sum, n_tokens = token_loss_sum(model, *tensors)
+        encoded = next(steps)
+        n_refused += sum(too_long for _, _, too_long in encoded)  # an augmentation that made a row too long
+        encoded = fitting(encoded)
+        if not encoded:
+            step += 1
+            continue
+        tensors = collate(encoded, ctx.tokenizer.pad_token_id, ctx.device)
+        with autocast_context(ctx.device, autocast):  # only the forward pass and the loss (kept float32)
+            loss_sum, n_tokens = token_loss_sum(model, *tensors)
         loss = loss_sum / max(n_tokens, 1)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
-        optimizer.step()
+        step_scaler.step(loss, optimizer, lambda: torch.nn.utils.clip_grad_norm_(trainable, 1.0))
         scheduler.step()
         step += 1
         train_losses.append(loss.item())
@@ -356,12 +428,13 @@ def run_stage(stage: str, model, ctx: StageContext, resume: dict[str, Any] | Non
             handle.write(json.dumps(record) + "\n")
         if step % int(ctx.hp["checkpoint_every_steps"]) == 0 and step < max_steps:
             save_checkpoint(ctx.model_dir, stage, step, model, optimizer, scheduler, initial,
-                            ctx.hp["keep_checkpoints"])
+                            ctx.hp["keep_checkpoints"], step_scaler.state_dict())
         if ctx.on_step is not None:
             ctx.on_step(stage, step, train_losses[-1])
     progress.close()
     # The last state is always checkpointed: a budget stop can be resumed like a kill.
-    save_checkpoint(ctx.model_dir, stage, step, model, optimizer, scheduler, initial, ctx.hp["keep_checkpoints"])
+    save_checkpoint(ctx.model_dir, stage, step, model, optimizer, scheduler, initial, ctx.hp["keep_checkpoints"],
+                    step_scaler.state_dict())
     head, tail = train_losses[: max(1, len(train_losses) // 5)], train_losses[-max(1, len(train_losses) // 5):]
     return {
         "steps": step,
@@ -374,20 +447,12 @@ def run_stage(stage: str, model, ctx: StageContext, resume: dict[str, Any] | Non
         "final_train_loss": val_loss(ctx.train_eval_examples),
         "first_train_loss_mean": float(np.mean(head)) if train_losses else None,
         "last_train_loss_mean": float(np.mean(tail)) if train_losses else None,
-        "n_truncated_examples": n_truncated,
+        "n_refused_examples": {"longer_than_context": n_refused},
         "parameters": count_parameters(model),
     }
 
 
 # --- both stages ---------------------------------------------------------------------------------------
-def _device(name: str) -> str:
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
-
-
 def _copy_resume_files(resume_from: Path, model_dir: Path) -> None:
     """Continue in a new directory: bring the tokenizer, stage-1 model and checkpoints along."""
     if resume_from.resolve() == model_dir.resolve():
@@ -401,12 +466,28 @@ def _copy_resume_files(resume_from: Path, model_dir: Path) -> None:
         shutil.copy2(log, model_dir / "training_log.jsonl")
 
 
+def context_positions(hp: dict[str, Any]) -> int:
+    """Positions the model holds: stage 1's ``n_positions``, or the hub/local base model's config."""
+    if hp["base_model"] is None:
+        return int(hp["pretrain"]["n_positions"])
+    from transformers import AutoConfig
+
+    from battgen.generate.llm.model import BaseModelUnavailableError, _unavailable_message
+
+    try:
+        config = AutoConfig.from_pretrained(str(hp["base_model"]))
+    except Exception as exc:  # noqa: BLE001 - the same message as loading the weights would give
+        raise BaseModelUnavailableError(_unavailable_message(hp["base_model"], exc)) from exc
+    return int(getattr(config, "n_positions", 0) or getattr(config, "max_position_embeddings", 2048))
+
+
 def validate_hyperparameters(hp: dict[str, Any]) -> None:
     for stage in STAGES:
         for key in ("max_steps", "batch_size", "warmup_steps"):
             value = hp[stage][key]
             if isinstance(value, bool) or not isinstance(value, int) or value < (1 if key == "batch_size" else 0):
                 raise ValueError(f"{stage}.{key} must be a non-negative integer (batch_size >= 1), got {value!r}")
+    validate_num_workers(hp.get("num_workers", 0))
     for key in ("checkpoint_every_steps", "eval_every_steps", "keep_checkpoints"):
         if isinstance(hp[key], bool) or not isinstance(hp[key], int) or hp[key] < 1:
             raise ValueError(f"{key} must be a positive integer, got {hp[key]!r}")
@@ -423,18 +504,20 @@ def train_crystal_llm(
     seed: int = 0,
     resume_from: Path | None = None,
     on_step: Callable[[str, int, float], None] | None = None,
+    device: str = "cpu",
 ) -> dict[str, Any]:
-    """Both stages; ``on_step(stage, step, loss)`` is called after every optimiser step (tests use it to
-    interrupt a run). Returns ``{"training": ..., "metrics": ...}`` for the manifest."""
+    """Both stages on ``device`` (a resolved torch device); ``on_step(stage, step, loss)`` is called after
+    every optimiser step (tests use it to interrupt a run). Returns ``{"training": ..., "metrics": ...}``."""
     import torch
 
     hp = hyperparameters
     validate_hyperparameters(hp)
+    validate_autocast(hp.get("autocast"), device)  # float16 without CUDA fails before any work
     model_dir = Path(model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
-    device = _device(str(hp["device"]))
     # Fail on an impossible 4-bit request before any work is done.
-    quantize = resolve_quantization(bool(hp["quantize_4bit"]), bool(hp["quantize_4bit_cpu_fallback"]), device == "cuda")
+    quantize = resolve_quantization(bool(hp["quantize_4bit"]), bool(hp["quantize_4bit_cpu_fallback"]),
+                                    device.startswith("cuda"))
     if len(splits.train) == 0:
         raise ValueError("the training split is empty")
     if resume_from is not None:
@@ -447,7 +530,6 @@ def train_crystal_llm(
     train_source = ExampleSource.from_batch(splits.train, hp)
     val_batch = splits.val if len(splits.val) else splits.train
     val_examples = ExampleSource.from_batch(val_batch, hp).fixed_examples(seed, int(hp["max_eval_examples"]))
-    train_eval_examples = train_source.fixed_examples(seed + 1, int(hp["max_eval_examples"]))
 
     base_model = hp["base_model"]
     tokenizer_dir = model_dir / "tokenizer"
@@ -460,6 +542,9 @@ def train_crystal_llm(
     else:
         tokenizer = load_tokenizer(base_model)
     tokenizer.save_pretrained(tokenizer_dir)
+    # rows that do not fit the context are refused (counted), never cut
+    train_source, context = refuse_rows_longer_than_context(train_source, tokenizer, context_positions(hp), seed)
+    train_eval_examples = train_source.fixed_examples(seed + 1, int(hp["max_eval_examples"]))
 
     stages: dict[str, Any] = {}
     base_dir = model_dir / "base_model"
@@ -514,6 +599,7 @@ def train_crystal_llm(
         "base_model": base_reference,  # "base_model" = the directory next to this file; else a HF id / path
         "decimals": TextFormat.from_dict(hp["decimals"]).as_dict(),
         "max_length_tokens": max_length,
+        "longest_answer_tokens": context["longest_answer_tokens"],  # bounds max_new_tokens at sampling
         "element_pool": train_source.element_pool,
         "condition_keys": list(hp["condition_keys"]),
         "quantize_4bit": quantize,
@@ -527,7 +613,11 @@ def train_crystal_llm(
         "stopped_because": final["stopped_because"],
         "pretrain_steps": stages["pretrain"]["steps"] if "pretrain" in stages else 0,
         "stages": stages,
-        "device": device,
+        "context": context,
+        # stage 2's weights: 4-bit NF4 base (bf16 compute) when quantised, else float32
+        **training_record(device, "nf4-4bit+bfloat16" if quantize else precision_label(
+            validate_autocast(hp.get("autocast"), device))),
+        "num_workers": int(hp.get("num_workers", 0)),
     }
     metrics = {
         "val_loss_per_token": final["final_val_loss"],

@@ -23,8 +23,9 @@ from pathlib import Path
 TINY_DISCOVERY = {
     "generation": {"n": 12, "conditions": {"max_per_seed": 6}},
     "preselection": {"top_k": 2},
-    "relax": {"max_steps": 30, "fmax": 0.2},
+    "relax": {"relax": {"parameters": {"max_steps": 30, "fmax": 0.2}}},
     "shortlist": {"top_k": 2, "max_values": {"e_above_hull_eV_per_atom": 2.0}},
+    "known_materials": None,  # the MLIP-referenced hull: these runs are about faults, not novelty
 }
 SHORT_MD = {"mlip": "chgnet", "npt_time_ps": 0.0, "nvt_time_ps": 0.12, "timestep_fs": 2.0, "sample_every": 5,
             "chunk_steps": 20, "supercell_min_atoms": 16, "working_ion": "Li", "downsampled_max_frames": 20,
@@ -245,6 +246,18 @@ def _pk_of(links, label: str) -> int | None:
     return links[label].pk if label in links else None
 
 
+def _outputs(node) -> tuple[dict, list[str]]:
+    """Output nodes by link label (first of each) and the labels linked more than once. Read from the link
+    triples, not ``node.outputs``, whose nesting raises KeyError on a duplicate label — which is what a task
+    re-delivered by the broker can leave behind (a CalcJob's outputs attached twice)."""
+    found, duplicates = {}, []
+    for triple in node.base.links.get_outgoing().all():
+        if triple.link_label in found:
+            duplicates.append(triple.link_label)
+        found.setdefault(triple.link_label, triple.node)
+    return found, sorted(set(duplicates))
+
+
 def describe(spec: dict) -> dict:
     from aiida import orm
 
@@ -257,20 +270,23 @@ def describe(spec: dict) -> dict:
         target = counts if child.is_terminated else stale
         target[key] = target.get(key, 0) + 1
         if isinstance(child, orm.CalcJobNode):
+            outputs, duplicated = _outputs(child)
             calcjobs.append({"pk": child.pk, "label": key, "exit_status": child.exit_status,
                              "state": child.process_state.value if child.process_state else None,
                              "job_id": child.get_job_id(), "remote_workdir": child.get_remote_workdir(),
-                             "outputs": sorted(child.outputs), "inputs": sorted(child.inputs),
+                             "outputs": sorted(outputs), "duplicate_output_labels": duplicated,
+                             "inputs": sorted(child.inputs),
                              "parent_folder_pk": _pk_of(child.inputs, "parent_folder"),
-                             "remote_folder_pk": _pk_of(child.outputs, "remote_folder"),
-                             "retrieved_files": sorted(child.outputs.retrieved.base.repository.list_object_names())
-                             if "retrieved" in child.outputs else None,
+                             "remote_folder_pk": outputs["remote_folder"].pk if "remote_folder" in outputs else None,
+                             "retrieved_files": sorted(outputs["retrieved"].base.repository.list_object_names())
+                             if "retrieved" in outputs else None,
                              "walltime_s": child.get_option("max_wallclock_seconds"),
-                             "rows_from_checkpoint": child.outputs.output_parameters.get("rows_from_checkpoint")
-                             if "output_parameters" in child.outputs else None})
+                             "rows_from_checkpoint": outputs["output_parameters"].get("rows_from_checkpoint")
+                             if "output_parameters" in outputs else None})
     shortlist = []
-    if "shortlist" in node.outputs:
-        for meta, structure in node.outputs.shortlist.get_batch():
+    node_outputs, node_duplicated = _outputs(node)
+    if "shortlist" in node_outputs:
+        for meta, structure in node_outputs["shortlist"].get_batch():
             shortlist.append([structure.composition.reduced_formula, meta["row_id"],
                               round(float(meta.get("energy_per_atom_eV") or 0.0), 4),
                               round(float(meta.get("e_above_hull_eV_per_atom") or 0.0), 4)])
@@ -283,14 +299,14 @@ def describe(spec: dict) -> dict:
         "state": node.process_state.value if node.process_state else None,
         "exit_status": node.exit_status, "exit_message": node.exit_message, "terminated": node.is_terminated,
         "paused": node.paused, "wall_time_s": round((node.mtime - node.ctime).total_seconds(), 1),
-        "outputs": sorted(node.outputs), "counts": counts, "stale": stale,
+        "outputs": sorted(node_outputs), "duplicate_output_labels": node_duplicated, "counts": counts, "stale": stale,
         "calcjobs": sorted(calcjobs, key=lambda c: c["pk"]), "shortlist": shortlist, "reports": reports[-40:],
     }
     for key in ("output_parameters", "model"):
-        if key in node.outputs and isinstance(node.outputs[key], orm.Dict):
-            result[key] = node.outputs[key].get_dict()
-        elif key in node.outputs:
-            result[key] = node.outputs[key].pk
+        if key in node_outputs and isinstance(node_outputs[key], orm.Dict):
+            result[key] = node_outputs[key].get_dict()
+        elif key in node_outputs:
+            result[key] = node_outputs[key].pk
     return result
 
 
