@@ -48,6 +48,8 @@ class MlipRelaxCalculation(BattgenCalcJob):
                          "(eV/Å), converged, n_steps; NaN where a row was not relaxed.")
         spec.default_output_node = "output_parameters"
 
+        # The restart wrapper shrinks batch_max_atoms (batched engine) and continues from the checkpoint.
+        spec.exit_code(311, "ERROR_OUT_OF_MEMORY", message="Relaxation ran out of memory: {error}")
         # 4xx: some rows need more work; all outputs are attached.
         spec.exit_code(400, "WARNING_NOT_CONVERGED", message="{n} row(s) did not converge within max_steps.")
         spec.exit_code(401, "WARNING_EXPLODED", message="{n} row(s) exploded (non-finite, huge forces or volume x3).")

@@ -13,7 +13,10 @@ produced each row:
 * 120 walltime       -> continue from the killed job's checkpoint (``parent_folder``: every finished row is
                         taken over, the rest relax) with ``max_wallclock_seconds`` doubled (up to
                         ``max_iterations``);
-* 303/304            -> the CLI rejected the input or crashed: deterministic, fail at once (502).
+* 303/304            -> the CLI rejected the input or crashed: deterministic, fail at once (502);
+* 311, 110 memory    -> batched engine: continue from the checkpoint with ``batch_max_atoms`` halved (from the
+                        CPU default 400 when unset) until one structure is in flight at a time; then, and
+                        for the ASE engine (one structure at a time already), fail with 503.
 
 The 1xx/3xx handlers are :class:`~aiida_battgen.workchains.restart.BattgenRestartWorkChain`'s; this chain adds
 the 4xx ones. Protocol: ``protocols/relax_base.yaml`` (the one place the MLIP and its force criterion are set).
@@ -34,6 +37,7 @@ from aiida_battgen.calculations.functions.select_relax_rows import select_relax_
 from aiida_battgen.calculations.relax import MlipRelaxCalculation
 from aiida_battgen.workchains.protocols.utils import ProtocolMixin
 from aiida_battgen.workchains.restart import BattgenRestartWorkChain
+from battgen.contracts.relax import DEFAULT_CPU_BATCH_MAX_ATOMS
 
 DEFAULT_MAX_STEPS = 500
 DEFAULT_MAXSTEP_A = 0.2
@@ -99,6 +103,29 @@ class MlipRelaxBaseWorkChain(ProtocolMixin, BattgenRestartWorkChain):
 
     # --- handlers -----------------------------------------------------------------------------
     # 120 walltime, 140 node failure, 300-302 outputs lost, 303/304 CLI rejected: BattgenRestartWorkChain
+    @process_handler(priority=650, exit_codes=[MlipRelaxCalculation.exit_codes.ERROR_OUT_OF_MEMORY,
+                                               MlipRelaxCalculation.exit_codes.ERROR_SCHEDULER_OUT_OF_MEMORY])
+    def handle_out_of_memory(self, node):
+        """Out of memory (the job's own error, 311, or the scheduler's kill, 110): fewer atoms in flight at once.
+
+        Only the batched engine has a batch to shrink; the rows already finished are taken over from the
+        checkpoint (``batch_max_atoms`` is not among the settings a checkpoint is bound to)."""
+        parameters = self._parameters()
+        exhausted = self.exit_codes.ERROR_BATCH_SIZE_EXHAUSTED.format(status=node.exit_status)
+        largest = max((len(structure) for _, structure in self.ctx.inputs.structures.iter_structures()), default=1)
+        if parameters.get("engine", "ase") != "batched":
+            self.report_error_handled(node, "the ase engine relaxes one structure at a time already: aborting")
+            return ProcessHandlerReport(True, exhausted)
+        budget = int(parameters.get("batch_max_atoms") or DEFAULT_CPU_BATCH_MAX_ATOMS)
+        if budget <= largest:
+            self.report_error_handled(node, f"batch_max_atoms={budget} already holds one structure of up to {largest} "
+                                            "atoms at a time: aborting")
+            return ProcessHandlerReport(True, exhausted)
+        self.ctx.inputs.parameters = orm.Dict({**parameters, "batch_max_atoms": budget // 2})
+        resumed = self.resume_from_checkpoint(node)
+        self.report_error_handled(node, f"resubmitting with batch_max_atoms={budget // 2}, {resumed}")
+        return ProcessHandlerReport(True)
+
     @process_handler(priority=500, exit_codes=[MlipRelaxCalculation.exit_codes.WARNING_EXPLODED])
     def handle_exploded(self, node):
         """Retry exploded rows once with half the optimiser step; drop them if they explode again."""

@@ -28,6 +28,9 @@ class RelaxStatus(str, Enum):
 
 RELAX_STATUSES = tuple(status.value for status in RelaxStatus)
 ENGINES = ("ase", "batched")
+# Atoms in flight at once with the batched engine on a CPU (where bigger batches stop paying: the model is
+# compute-bound); on CUDA the engine sizes the batch from the free memory.
+DEFAULT_CPU_BATCH_MAX_ATOMS = 400
 
 
 class RelaxSettings(MlipSettings):
@@ -44,5 +47,6 @@ class RelaxSettings(MlipSettings):
                                                        "(ase) or many per model call (batched: battgen.mlip.batched, "
                                                        "torch-sim's FIRE; CHGNet, SevenNet; FIRE with the frechet "
                                                        "filter or none, else it falls back to ase)")
-    batch_max_atoms: int | None = setting(None, "atoms in flight at once with the batched engine (null: 400 on a "
-                                                "CPU, sized from free memory on CUDA)", ge=1)
+    batch_max_atoms: int | None = setting(None, "atoms in flight at once with the batched engine (null: "
+                                                f"{DEFAULT_CPU_BATCH_MAX_ATOMS} on a CPU, sized from free memory on "
+                                                "CUDA)", ge=1)

@@ -44,7 +44,8 @@ BELOW_HULL_TOLERANCE_eV_PER_ATOM = 0.1
 # ~0.26 eV/atom above MP's formation energies on transition-metal oxides in the same benchmark (4 rows; the size of
 # MP2020's oxide + U corrections), i.e. they predict raw GGA/GGA+U energies, like M3GNet-MP-2021: both get the
 # MP2020 correction, as Matbench Discovery does for models of uncorrected energies.
-MLIP_CANDIDATE_COMPATIBILITY: dict[str, str | None] = {"chgnet": None, "sevennet": "MP2020", "m3gnet": "MP2020"}
+MLIP_CANDIDATE_COMPATIBILITY: dict[str, str | None] = {"chgnet": None, "sevennet": "MP2020", "sevennet_l3i5": "MP2020",
+                                                       "m3gnet": "MP2020"}
 
 
 def candidate_compatibility_for(mlip: str | None) -> str | None:

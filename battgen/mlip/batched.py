@@ -44,16 +44,14 @@ from pymatgen.core import Lattice, Structure
 
 from battgen.batch import StructureBatch
 from battgen.columns import RELAX_COLUMNS
+from battgen.contracts.relax import DEFAULT_CPU_BATCH_MAX_ATOMS
 from battgen.progress import Bar
 
 # torch-sim is imported lazily (it pulls h5py and tables): only a batched relaxation needs it.
 
-ENGINES = ("ase", "batched")
 # Cell filters and optimisers the batched engine reproduces; others run through the ASE path.
 BATCHED_CELL_FILTERS = ("frechet", None)
 BATCHED_OPTIMIZERS = ("FIRE",)
-# Atoms in flight at once on a CPU (where bigger batches stop paying: the model is compute-bound).
-DEFAULT_CPU_MAX_ATOMS = 400
 # Fraction of the free GPU memory the batch may fill (the rest: fragmentation, neighbour lists).
 GPU_MEMORY_FRACTION = 0.6
 EV_PER_A3_PER_GPA = 1.0 / 160.21766208
@@ -295,7 +293,7 @@ def default_max_atoms(model, structures: list[Structure], device: str | torch.de
     of one measured call on a few of the structures (per atom), times :data:`GPU_MEMORY_FRACTION`."""
     device = torch.device(device)
     if device.type != "cuda" or not structures:
-        return DEFAULT_CPU_MAX_ATOMS
+        return DEFAULT_CPU_BATCH_MAX_ATOMS
     import torch_sim as ts
 
     sample = structures[: min(8, len(structures))]

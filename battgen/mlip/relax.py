@@ -52,7 +52,8 @@ UNITS = {
 # (``resume_from``: a checkpoint of an interrupted job; the AiiDA CalcJob links the parent's workdir as ``parent/``).
 RELAX_DEFAULTS: dict[str, Any] = RelaxSettings.defaults()
 # Which loader argument receives ``model_path`` for each MLIP.
-_MODEL_PATH_ARGUMENT = {"battgen.chgnet": "model_path", "battgen.sevennet": "model", "battgen.m3gnet": "model"}
+_MODEL_PATH_ARGUMENT = {"battgen.chgnet": "model_path", "battgen.sevennet": "model", "battgen.sevennet_l3i5": "model",
+                        "battgen.m3gnet": "model"}
 
 
 def load_relax_mlip(mlip: str = "chgnet", model_path: str | None = None, device: str = "cpu") -> tuple[Any, MlipInfo]:

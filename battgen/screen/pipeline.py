@@ -28,6 +28,7 @@ from battgen.screen.novelty import (
     build_reference_index,
     find_duplicates,
     make_matcher,
+    resolve_workers,
 )
 from battgen.screen.validity import DEFAULT_MIN_DISTANCE_A, DEFAULT_MIN_VOLUME_A3, validity_reason
 
@@ -239,7 +240,7 @@ def _shared_reducer(settings: ScreenSettings, reference: StructureBatch | MatchI
 
 
 # --- battgen screen -----------------------------------------------------------------------------------
-_CONFIG_KEYS = {"input", "reference", "known_materials", "steps", "settings", "progress"}
+_CONFIG_KEYS = {"input", "reference", "known_materials", "steps", "settings", "progress", "workers"}
 
 
 def combined_reference(known: StructureBatch, given: StructureBatch | None) -> StructureBatch:
@@ -266,7 +267,9 @@ def run_screen_command(config: dict[str, Any], workdir: Path) -> dict[str, Any]:
     """``battgen screen``: config ``input`` (batch file), optional ``reference`` (batch file of more known
     structures), ``known_materials`` (``embedded`` — the default, battgen's MP-derived reference —, a
     reference file path, or null), ``steps`` (default: all four; without any reference the first three),
-    ``settings`` (see :class:`ScreenSettings`). Writes ``passed.jsonl.gz`` and ``rejected.jsonl.gz``;
+    ``settings`` (see :class:`ScreenSettings`), ``workers`` (uniqueness and novelty matching in that many forked
+    processes, 0 = one per core; default one process; same decisions). Writes ``passed.jsonl.gz`` and
+    ``rejected.jsonl.gz``;
     novelty rejections name the matched id (``matches reference mp-1138``)."""
     from battgen.known_materials import KnownMaterialsFormatError
 
@@ -289,10 +292,12 @@ def run_screen_command(config: dict[str, Any], workdir: Path) -> dict[str, Any]:
                              "'known_materials'")
         if any(step not in STEP_FUNCTIONS for step in steps):
             raise ValueError(f"unknown step in {steps}; known: {list(STEP_FUNCTIONS)}")
+        workers = resolve_workers(config.get("workers"))
     except (BatchFormatError, KnownMaterialsFormatError, ValueError, TypeError) as exc:
         raise InvalidInputError(str(exc)) from exc
 
-    result = screen_batch(batch, reference, steps, settings, progress=bool(config.get("progress", False)))
+    result = screen_batch(batch, reference, steps, settings, progress=bool(config.get("progress", False)),
+                          workers=workers)
     result.passed.write(workdir / "passed.jsonl.gz")
     result.rejected.write(workdir / "rejected.jsonl.gz")
     return {
@@ -303,6 +308,7 @@ def run_screen_command(config: dict[str, Any], workdir: Path) -> dict[str, Any]:
         "funnel": [{"step": step, "n_in": n_in, "n_out": n_out} for step, n_in, n_out in result.funnel],
         "step_seconds": {step.step: round(step.seconds, 3) for step in result.steps},
         "settings": settings.as_dict(),
+        "workers": workers,
         "known_materials": known.describe() if known is not None else None,
         "units": {"min_distance_A": "Å", "min_volume_A3": "Å³", "angle_tol_deg": "degree"},
     }

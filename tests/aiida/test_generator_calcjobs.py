@@ -169,7 +169,8 @@ def test_evaluate_generation_calcfunction(small_batch):
     ("aiida.calculations:battgen.generate", "RuntimeError: CUDA out of memory. Tried to allocate 2 GiB", 311),
     ("aiida.calculations:battgen.predict", "MemoryError: ", 311),
     ("aiida.calculations:battgen.generate", "ValueError: bad lattice", None),
-    ("aiida.calculations:battgen.mlip.relax", "RuntimeError: CUDA out of memory", None),  # no OOM exit code
+    ("aiida.calculations:battgen.mlip.relax", "out of memory with one structure (mp-1, 96 atoms) in flight", 311),
+    ("aiida.calculations:battgen.channels", "RuntimeError: CUDA out of memory", None),  # no OOM exit code
 ])
 def test_out_of_memory_is_recognised_where_a_restart_can_use_it(process_type, error, expected):
     from aiida.plugins import ParserFactory

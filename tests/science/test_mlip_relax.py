@@ -130,6 +130,23 @@ def test_relax_command_writes_files_and_rejects_bad_config(tmp_path):
         assert code == EXIT_INVALID_INPUT and fragment in summary["error"], summary
 
 
+@pytest.mark.slow
+def test_sevennet_l3i5_is_selectable_by_name_and_recorded(tmp_path):
+    """``mlip: sevennet_l3i5`` loads the l3i5 weights shipped in the sevenn wheel (not SevenNet-0's)."""
+    pytest.importorskip("sevenn")
+    from sevenn.util import pretrained_name_to_path
+
+    StructureBatch.from_structures([si2()], [{"row_id": "si"}]).write(tmp_path / "structures.jsonl.gz")
+    code, summary = run_command("relax", {"mlip": "sevennet_l3i5", "max_steps": 5, "progress": False}, tmp_path)
+    assert code == EXIT_OK, summary.get("error")
+    model = summary["outputs"]["model"]
+    assert model["model_name"] == "7net-l3i5"
+    assert model["weights_sha256"] == sha256_of_file(pretrained_name_to_path("7net-l3i5"))
+    assert model["weights_sha256"] != sha256_of_file(pretrained_name_to_path("7net-0"))
+    energy = StructureBatch.read(tmp_path / "relaxed.jsonl.gz").get("si")[0]["energy_per_atom_eV"]
+    assert energy == pytest.approx(-5.4, abs=0.2)  # PBE Si about -5.42 eV/atom (MP)
+
+
 def test_truncated_input_is_invalid_input(tmp_path):
     StructureBatch.from_structures([licl(), si2()]).write(tmp_path / "full.jsonl.gz")
     text = gzip.decompress((tmp_path / "full.jsonl.gz").read_bytes())

@@ -190,3 +190,17 @@ def test_screen_command(tmp_path, small_batch):
     assert code == EXIT_INVALID_INPUT and "reference" in summary["error"]
     code, _ = run_command("screen", {"input": "missing.jsonl.gz"}, tmp_path)
     assert code == EXIT_INVALID_INPUT
+
+
+def test_screen_command_workers_same_decisions_and_bad_value_refused(tmp_path, small_batch):
+    small_batch.write(tmp_path / "in.jsonl.gz")
+    config = {"input": "in.jsonl.gz", "steps": ["validity", "uniqueness"]}
+    decisions = {}
+    for workers in (None, 2):
+        code, summary = run_command("screen", {**config, **({"workers": workers} if workers else {})}, tmp_path)
+        assert code == EXIT_OK, summary
+        assert summary["outputs"]["workers"] == (workers or 1)
+        decisions[workers] = [(m["row_id"], m["reject_reason"]) for m in StructureBatch.read(tmp_path / "rejected.jsonl.gz").meta]
+    assert decisions[2] == decisions[None] == [("licl-strained", "duplicate of licl")]
+    code, summary = run_command("screen", {**config, "workers": -1}, tmp_path)
+    assert code == EXIT_INVALID_INPUT and "workers" in summary["error"]

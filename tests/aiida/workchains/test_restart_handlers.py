@@ -295,3 +295,25 @@ def test_own_exit_codes_do_not_reuse_the_generic_ones():
         own = {code.status: label for label, code in chain.spec().exit_codes.items() if code.status not in generic}
         assert all(status >= 510 or status >= 700 for status in own), (entry_point, own)
     assert ExitCode(0).status == 0
+
+
+@pytest.mark.parametrize("exit_code", ["ERROR_OUT_OF_MEMORY", "ERROR_SCHEDULER_OUT_OF_MEMORY"])
+def test_relax_out_of_memory_halves_batch_max_atoms_from_the_checkpoint_then_fails(chain_for, generate_calc_job_node,
+                                                                                  exit_code):
+    oom = getattr(CalculationFactory("battgen.mlip.relax").exit_codes, exit_code)
+    process, calc = chain_for("battgen.mlip.relax_base")
+    process.ctx.inputs.parameters = orm.Dict({"max_steps": 10, "engine": "batched"})
+    node = generate_calc_job_node(calc, oom, remote_path="/tmp/oom")
+    assert restarts(inspect(process, node), process)
+    assert process.ctx.inputs.parameters["batch_max_atoms"] == 200  # half the CPU default of 400
+    assert process.ctx.inputs.parent_folder.uuid == node.outputs.remote_folder.uuid  # finished rows kept
+    process.ctx.inputs.parameters = orm.Dict({"max_steps": 10, "engine": "batched", "batch_max_atoms": 2})
+    result = inspect(process, generate_calc_job_node(calc, oom))  # LiCl cell: 2 atoms, one structure in flight
+    assert result.status == process.exit_codes.ERROR_BATCH_SIZE_EXHAUSTED.status == 503
+
+
+def test_relax_out_of_memory_with_the_ase_engine_fails_at_once(chain_for, generate_calc_job_node):
+    oom = CalculationFactory("battgen.mlip.relax").exit_codes.ERROR_OUT_OF_MEMORY
+    process, calc = chain_for("battgen.mlip.relax_base")
+    result = inspect(process, generate_calc_job_node(calc, oom))
+    assert result.status == process.exit_codes.ERROR_BATCH_SIZE_EXHAUSTED.status == 503
