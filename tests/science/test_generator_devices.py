@@ -74,11 +74,12 @@ def _tiny_cdvae(path: Path, **overrides) -> dict:
     return result
 
 
-def test_cdvae_training_and_sampling_make_every_tensor_on_the_model_device(tmp_path):
+@pytest.mark.parametrize("latent_prior", ["gaussian", "diffusion"])
+def test_cdvae_training_and_sampling_make_every_tensor_on_the_model_device(tmp_path, latent_prior):
     # a conditional model with a property head exercises conditions, presence vectors and the prior
     with ImplicitDeviceFactories() as guard:
         _tiny_cdvae(tmp_path / "model", max_steps=3, conditions=["gravimetric_capacity_mAh_per_g", "element_presence"],
-                    property_targets=["gravimetric_capacity_mAh_per_g"])
+                    property_targets=["gravimetric_capacity_mAh_per_g"], latent_prior=latent_prior, prior_epochs=2)
         generator = CDVAEGenerator(tmp_path / "model", device="cpu", progress=False)
         generator.generate(StructureBatch(), 3, {"n_step_each": 2, "required_elements": ["O"],
                                                  "forbidden_elements": ["Li"]}, seed=0)

@@ -179,7 +179,8 @@ class CDVAEGenerator(TrainableGenerator):
         optimizer = torch.optim.Adam([z], lr=settings["lr"])
         for _ in range(settings["steps"]):
             optimizer.zero_grad()
-            predicted = self.model.fc_property(self.model.condition_latent(z, condition))[:, index]
+            latent = self.model.property_latent(z, self.model.condition_latent(z, condition))
+            predicted = self.model.fc_property(latent)[:, index]
             ((predicted - target) ** 2).mean().backward()
             optimizer.step()
         return z.detach()
@@ -203,7 +204,8 @@ class CDVAEGenerator(TrainableGenerator):
         predicted = {}
         if self.model.fc_property is not None:
             with torch.no_grad():
-                values = self.model.property_scaler.inverse(self.model.fc_property(zc)).cpu()
+                head = self.model.fc_property(self.model.property_latent(z, zc))
+                values = self.model.property_scaler.inverse(head).cpu()
             predicted = {f"predicted_{key}": values[:, i].tolist() for i, key in enumerate(self.model.property_keys)}
         rows, start = [], 0
         for index, count in enumerate(result["num_atoms"].tolist()):

@@ -34,11 +34,12 @@ Parts, and what differs from the papers (and why):
   (known-present / known-absent multi-hot vectors, randomly revealed in training so that at sampling a
   few required / forbidden elements are an in-distribution input; seed 004's "stronger emphasis on the
   presence or absence of specific elements") are embedded, concatenated with z and mapped back to the
-  latent size; every head and the decoder read this conditioned latent. A separate conditional prior
-  network p(z | c) = N(mu(c), sigma(c)²) is trained jointly on the detached posterior samples (Gaussian
-  negative log-likelihood; Con-CDVAE trains its prior in a second stage on encoded latents — joint
-  training with a stop-gradient optimises the same objective without a second run). Sampling draws z
-  from p(z | c).
+  latent size; the atom-count, lattice and composition heads and the decoder read this conditioned
+  latent, the property heads read z itself (Con-CDVAE's property predictors: z must carry the property).
+  The prior p(z | c) is either (``latent_prior: gaussian``, default) one Gaussian N(mu(c), sigma(c)²)
+  trained jointly on the detached posterior samples (Gaussian negative log-likelihood), or
+  (``latent_prior: diffusion``, Con-CDVAE's published prior) a DDPM over the posterior means trained in a
+  second stage with the VAE frozen (:class:`LatentDiffusionPrior`). Sampling draws z from p(z | c).
 * **Sampling**: CDVAE's annealed Langevin dynamics (step_lr·(σ/σ_L)² steps, ``n_step_each`` per level,
   types set to the decoder's argmax after every step), batched over crystals; forbidden elements are
   masked out of the composition and type logits.
@@ -72,6 +73,7 @@ from battgen.generate.cdvae.graph import (
 # inside 120° so three obtuse angles still span a volume).
 MIN_ANGLE_DEG, MAX_ANGLE_DEG = 60.0, 119.0
 MIN_LENGTH_A = 1.0  # shortest lattice vector a sample may get (Å)
+LATENT_PRIORS = ("gaussian", "diffusion")  # p(z | c) of a conditional model
 
 
 def mlp(n_in: int, n_hidden: int, n_out: int, n_layers: int) -> nn.Sequential:
@@ -277,6 +279,71 @@ class ConditionalPrior(nn.Module):
         return (0.5 * (logvar + (z - mu) ** 2 / logvar.exp() + math.log(2 * math.pi))).sum(dim=1).mean()
 
 
+class LatentDiffusionPrior(nn.Module):
+    """Con-CDVAE's second-stage prior p(z | c): a DDPM (Ho et al. 2020) over the encoder's latent means.
+
+    Trained after the VAE, on the frozen encoder's posterior means of the training set, to predict the
+    noise ε added at a random step t of a linear β schedule (Con-CDVAE's: 1000 steps, β 1e-4 -> 0.02) from
+    (z_t, condition embedding, sinusoidal embedding of t); sampled by ancestral DDPM steps from N(0, I).
+    Unlike the single Gaussian p(z | c), it can put several modes under one condition (element presence).
+    The denoiser is a residual MLP of our own (Con-CDVAE uses a small fully connected U-Net)."""
+
+    def __init__(self, n_scalars: int, use_element_presence: bool, hidden: int, latent_dim: int, n_steps: int,
+                 beta_start: float, beta_end: float, n_layers: int = 3) -> None:
+        super().__init__()
+        self.latent_dim, self.n_steps, self.time_dim = latent_dim, n_steps, hidden
+        self.embedding = ConditionEmbedding(n_scalars, use_element_presence, hidden)
+        self.input = nn.Linear(latent_dim + 2 * hidden, hidden)
+        self.blocks = nn.ModuleList(mlp(hidden + 2 * hidden, hidden, hidden, 1) for _ in range(n_layers))
+        self.output = nn.Linear(hidden, latent_dim)
+        betas = torch.linspace(beta_start, beta_end, n_steps, dtype=torch.float64)
+        alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
+        previous = torch.cat([torch.ones(1, dtype=torch.float64), alphas_cumprod[:-1]])
+        self.register_buffer("betas", betas.float())
+        self.register_buffer("alphas_cumprod", alphas_cumprod.float())
+        self.register_buffer("posterior_variance", (betas * (1 - previous) / (1 - alphas_cumprod)).float())
+        self.register_buffer("trained", torch.zeros((), dtype=torch.bool))  # set once the second stage finished
+
+    def time_embedding(self, t: torch.Tensor) -> torch.Tensor:
+        half = self.time_dim // 2
+        frequencies = torch.exp(-math.log(10000.0) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+        angles = t.float()[:, None] * frequencies[None]
+        embedded = torch.cat([angles.sin(), angles.cos()], dim=-1)
+        return F.pad(embedded, (0, self.time_dim - 2 * half))
+
+    def predict_noise(self, z_t: torch.Tensor, t: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+        context = torch.cat([condition, self.time_embedding(t)], dim=-1)
+        h = self.input(torch.cat([z_t, context], dim=-1))
+        for block in self.blocks:
+            h = h + block(torch.cat([F.silu(h), context], dim=-1))
+        return self.output(F.silu(h))
+
+    def loss(self, z0: torch.Tensor, scalars, present, absent,
+             generator: torch.Generator | None = None) -> torch.Tensor:
+        """Noise-prediction MSE at one random step per latent."""
+        n = z0.shape[0]
+        t = torch.randint(0, self.n_steps, (n,), generator=generator, device=z0.device)
+        noise = torch.randn(z0.shape, generator=generator, device=z0.device, dtype=z0.dtype)
+        abar = self.alphas_cumprod[t][:, None]
+        z_t = abar.sqrt() * z0 + (1 - abar).sqrt() * noise
+        return F.mse_loss(self.predict_noise(z_t, t, self.embedding(scalars, present, absent)), noise)
+
+    @torch.no_grad()
+    def sample(self, n: int, scalars, present, absent, generator: torch.Generator) -> torch.Tensor:
+        """Ancestral DDPM sampling of ``n`` latents for the given (per-row) condition tensors."""
+        device = self.betas.device
+        condition = self.embedding(scalars, present, absent)
+        z = torch.randn(n, self.latent_dim, generator=generator, device=device)
+        for step in range(self.n_steps - 1, -1, -1):
+            t = torch.full((n,), step, dtype=torch.long, device=device)
+            beta, abar = self.betas[step], self.alphas_cumprod[step]
+            mean = (z - beta / (1 - abar).sqrt() * self.predict_noise(z, t, condition)) / (1 - beta).sqrt()
+            if step == 0:
+                return mean
+            z = mean + self.posterior_variance[step].sqrt() * torch.randn(z.shape, generator=generator, device=device)
+        return z
+
+
 def geometric_levels(begin: float, end: float, n: int) -> torch.Tensor:
     return torch.tensor(np.exp(np.linspace(np.log(begin), np.log(end), n)), dtype=torch.float32)
 
@@ -307,6 +374,18 @@ class CDVAE(nn.Module):
             self.condition_embedding = ConditionEmbedding(n_scalars, self.use_element_presence, hidden)
             self.condition_mix = mlp(latent + hidden, hidden, latent, 1)
             self.prior = ConditionalPrior(n_scalars, self.use_element_presence, hidden, latent)
+        self.latent_prior_kind = str(c.get("latent_prior", "gaussian"))
+        if self.latent_prior_kind not in LATENT_PRIORS:
+            raise ValueError(f"latent_prior must be one of {LATENT_PRIORS}, got {self.latent_prior_kind!r}")
+        if self.latent_prior_kind == "diffusion":
+            if not self.conditional:
+                raise ValueError("latent_prior: diffusion is Con-CDVAE's prior p(z | c): it needs conditions")
+            self.latent_prior = LatentDiffusionPrior(
+                len(self.scalar_condition_keys), self.use_element_presence, hidden, latent,
+                int(c["prior_diffusion_steps"]), float(c["prior_beta_start"]), float(c["prior_beta_end"]))
+        # Con-CDVAE reads properties off the unconditioned z (so that z must carry them); models saved before
+        # this setting existed read the conditioned latent.
+        self.property_head_input = str(c.get("property_head_input", "conditioned"))
         self.register_buffer("sigmas", geometric_levels(c["sigma_begin_A"], c["sigma_end_A"], int(c["num_noise_levels"])))
         self.register_buffer("type_sigmas", geometric_levels(c["type_sigma_begin"], c["type_sigma_end"],
                                                              int(c["num_noise_levels"])))
@@ -333,6 +412,10 @@ class CDVAE(nn.Module):
             return z
         embedded = self.condition_embedding(condition["scalars"], condition["present"], condition["absent"])
         return self.condition_mix(torch.cat([z, embedded], dim=-1))
+
+    def property_latent(self, z: torch.Tensor, zc: torch.Tensor) -> torch.Tensor:
+        """What the property head reads: z (Con-CDVAE) or, for older models, the conditioned latent."""
+        return z if self.property_head_input == "z" else zc
 
     def predict_lattice(self, z: torch.Tensor, num_atoms: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Lengths (Å) and angles (degrees) from the lattice head, clamped to sane Niggli ranges."""
@@ -382,7 +465,8 @@ class CDVAE(nn.Module):
             known = ~torch.isnan(batch.properties)
             if known.any():
                 target = self.property_scaler.transform(torch.nan_to_num(batch.properties))
-                terms["property_loss"] = ((self.fc_property(zc) - target) ** 2)[known].mean()
+                predicted = self.fc_property(self.property_latent(z, zc))
+                terms["property_loss"] = ((predicted - target) ** 2)[known].mean()
                 total = total + weights["cost_property"] * terms["property_loss"]
         if self.conditional:
             terms["prior_loss"] = self.prior.negative_log_likelihood(
@@ -398,11 +482,18 @@ class CDVAE(nn.Module):
 
     # --- sampling ------------------------------------------------------------------------------------
     def sample_latent(self, n: int, condition: dict[str, torch.Tensor] | None, generator: torch.Generator) -> torch.Tensor:
-        """z from N(0, I), or from the conditional prior p(z | c) of a conditional model."""
+        """z from N(0, I), or from the conditional prior p(z | c) of a conditional model (the Gaussian one, or
+        the second-stage diffusion prior with ``latent_prior: diffusion``)."""
         latent_dim = int(self.config["latent_dim"])
         noise = torch.randn(n, latent_dim, generator=generator, device=self.device)
         if not self.conditional:
             return noise
+        if self.latent_prior_kind == "diffusion":
+            if not bool(self.latent_prior.trained):
+                raise ValueError("the diffusion prior of this model was not trained (training stopped before its "
+                                 "second stage): resume the training to finish it")
+            return self.latent_prior.sample(n, condition["scalars"], condition["present"], condition["absent"],
+                                            generator)
         mu, logvar = self.prior(condition["scalars"], condition["present"], condition["absent"])
         return mu + noise * torch.exp(0.5 * logvar)
 

@@ -61,6 +61,14 @@ PAPER_HYPERPARAMETERS: dict[str, Any] = {
     "working_ion": "Li",
     "reveal_present_probability": 0.5,
     "reveal_absent_probability": 0.05,
+    # p(z | c): "gaussian" (one Gaussian, trained jointly) or "diffusion" (Con-CDVAE's second-stage DDPM over z,
+    # its linear schedule 1000 steps, beta 1e-4 -> 0.02; trained after the VAE for prior_epochs at prior_lr)
+    "latent_prior": "gaussian",
+    "prior_diffusion_steps": 1000,
+    "prior_beta_start": 1e-4,
+    "prior_beta_end": 0.02,
+    "prior_epochs": 200,
+    "prior_lr": 1e-3,
     # sampling (CDVAE's annealed Langevin defaults)
     "n_step_each": 100,
     "step_lr": 1e-4,
@@ -97,6 +105,9 @@ PRESET_OVERRIDES: dict[str, dict[str, Any]] = {
         "checkpoint_every_steps": 10,
         "progress": False,
         "n_step_each": 2,
+        "prior_diffusion_steps": 50,  # beta up to 0.2: the 50-step schedule still ends in noise
+        "prior_beta_end": 0.2,
+        "prior_epochs": 30,
     },
 }
 

@@ -59,8 +59,11 @@ CHECKPOINT_FILENAME = "last.pt"
 ARCHITECTURE_KEYS = (
     "latent_dim", "hidden_dim", "encoder_blocks", "decoder_layers", "num_radial", "num_spherical", "cutoff_A",
     "max_neighbors", "fc_num_layers", "max_atoms", "sigma_begin_A", "sigma_end_A", "num_noise_levels",
-    "type_sigma_begin", "type_sigma_end",
+    "type_sigma_begin", "type_sigma_end", "latent_prior", "prior_diffusion_steps", "prior_beta_start",
+    "prior_beta_end",
 )
+# the diffusion prior's schedule must end in (nearly) pure noise: sampling starts from N(0, I)
+MAX_FINAL_SIGNAL = 0.02  # largest allowed alpha-bar at the last step
 LOSS_WEIGHT_KEYS = ("cost_natom", "cost_coord", "cost_type", "cost_lattice", "cost_composition",
                     "cost_property", "cost_prior", "beta")
 ALLOWED_CONDITIONS = (*SCALAR_CONDITIONS, ELEMENT_PRESENCE)
@@ -111,6 +114,15 @@ def model_config(hyperparameters: dict[str, Any], records: list[CrystalRecord]) 
     config["element_presence"] = ELEMENT_PRESENCE in conditions
     config["property_targets"] = list(hyperparameters.get("property_targets") or [])
     config["working_ion"] = str(hyperparameters.get("working_ion", "Li"))
+    config["property_head_input"] = "z"  # Con-CDVAE: the property heads read the unconditioned latent
+    if config["latent_prior"] == "diffusion":
+        betas = np.linspace(float(config["prior_beta_start"]), float(config["prior_beta_end"]),
+                            int(config["prior_diffusion_steps"]))
+        final_signal = float(np.prod(1.0 - betas))
+        if not 0.0 < betas[0] <= betas[-1] < 1.0 or final_signal > MAX_FINAL_SIGNAL:
+            raise ValueError(f"diffusion prior schedule beta {betas[0]:g} -> {betas[-1]:g} over {len(betas)} steps "
+                             f"ends at alpha-bar {final_signal:.3g}, not noise (need 0 < beta < 1 and alpha-bar <= "
+                             f"{MAX_FINAL_SIGNAL}): raise prior_beta_end or prior_diffusion_steps")
     return config
 
 
@@ -240,6 +252,53 @@ def load_model(model_dir: Path, device: str = "cpu") -> CDVAE:
     return model
 
 
+def train_latent_prior(model: CDVAE, records: list[CrystalRecord], hp: dict[str, Any], seed: int,
+                       started: float) -> dict[str, Any]:
+    """Con-CDVAE's second stage: the diffusion prior fitted to the frozen encoder's posterior means of the
+    training set (element presence revealed at random each epoch, as in the first stage). Marks the prior
+    trained only when all ``prior_epochs`` ran (a wall-time stop leaves it untrained; resuming repeats it)."""
+    prior, device, batch_size = model.latent_prior, model.device, int(hp["batch_size"])
+    model.eval()
+    means, scalars, presence = [], [], []
+    with torch.no_grad():
+        for start in range(0, len(records), batch_size):
+            batch = collate(records[start:start + batch_size]).to(device)
+            means.append(model.encode(batch)[0])
+            scalars.append(model.condition_scaler.transform(batch.conditions) if model.scalar_condition_keys
+                           else torch.zeros(batch.n_crystals, 0, device=device))
+            presence.append(presence_vectors(batch.atom_types, batch.crystal_index, batch.n_crystals))
+    z0, scalars_all, is_present = torch.cat(means), torch.cat(scalars), torch.cat(presence)
+    use_presence = float(model.use_element_presence)
+    generator = generator_on(str(device), seed + 104729)
+    optimizer = torch.optim.Adam(prior.parameters(), lr=float(hp["prior_lr"]))
+    max_wall, epochs, stopped_because, history = hp.get("max_wall_time_s"), int(hp["prior_epochs"]), None, []
+    prior.train()
+    for _ in tqdm(range(epochs), desc="CDVAE diffusion prior", unit="epoch", disable=not hp.get("progress", True)):
+        if max_wall is not None and time.monotonic() - started >= float(max_wall):
+            stopped_because = "max_wall_time_s"
+            break
+        order = torch.randperm(len(z0), generator=generator, device=device)
+        losses = []
+        for start in range(0, len(order), batch_size):
+            rows = order[start:start + batch_size]
+            draw = torch.rand(len(rows), MAX_ATOMIC_NUMBER, generator=generator, device=device)
+            present = use_presence * is_present[rows] * (draw < float(hp["reveal_present_probability"])).float()
+            absent = use_presence * (1 - is_present[rows]) * (draw < float(hp["reveal_absent_probability"])).float()
+            loss = prior.loss(z0[rows], scalars_all[rows], present, absent, generator)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            losses.append(float(loss.detach()))
+        history.append(float(np.mean(losses)))
+    prior.trained.fill_(stopped_because is None)
+    model.train()
+    return {"kind": "diffusion", "trained": stopped_because is None, "epochs": len(history),
+            "stopped_because": stopped_because or "prior_epochs", "n_latents": len(z0),
+            "first_epoch_loss": round(history[0], 6) if history else None,
+            "final_epoch_loss": round(history[-1], 6) if history else None,
+            "loss_units": "mean squared error of the predicted noise (dimensionless)"}
+
+
 def train_cdvae(
     train_batch: StructureBatch,
     val_batch: StructureBatch,
@@ -365,6 +424,13 @@ def train_cdvae(
             progress["epoch"] += 1
             progress["batch_in_epoch"] = 0
     save_checkpoint(checkpoint_path, model, optimizer, scheduler, progress, step_scaler.state_dict())
+    latent_prior = {"kind": model.latent_prior_kind}
+    if model.latent_prior_kind == "diffusion":
+        if stopped_because in ("max_steps", "max_epochs"):  # the VAE is finished: fit p(z | c) to its latents
+            latent_prior = train_latent_prior(model, train_records, hp, seed, started)
+            save_checkpoint(checkpoint_path, model, optimizer, scheduler, progress, step_scaler.state_dict())
+        else:
+            latent_prior = {"kind": "diffusion", "trained": False, "stopped_because": stopped_because}
     save_model(model_dir, model, hp)
 
     val_terms = evaluate_losses(model, val_records, hp, seed)
@@ -385,6 +451,7 @@ def train_cdvae(
             "max_atoms": model.max_atoms,
             **training_record(device, precision_label(autocast)),
             "num_workers": num_workers,
+            "latent_prior": latent_prior,
         },
         "metrics": {
             **{f"train_{key}": round(value, 6) for key, value in train_means.items()},
