@@ -130,14 +130,18 @@ def test_training_fits_the_diffusion_prior_after_the_vae_and_sampling_uses_it(di
     assert diffused.shape == mu.shape and not torch.allclose(diffused, mu, atol=1e-3)
 
 
-def test_a_vae_stopped_early_leaves_the_prior_untrained_and_sampling_says_so(tmp_path):
+def test_a_wall_time_stop_still_fits_the_prior_and_an_untrained_prior_is_refused(tmp_path):
     result = train_model_dir(tmp_path / "model", training_structures(), max_steps=5, max_wall_time_s=0,
-                             conditions=CONDITIONS, latent_prior="diffusion")
-    assert result["training"]["latent_prior"] == {"kind": "diffusion", "trained": False,
-                                                  "stopped_because": "max_wall_time_s"}
-    generator = CDVAEGenerator(tmp_path / "model", progress=False)
+                             conditions=CONDITIONS, latent_prior="diffusion", prior_epochs=2)
+    assert result["training"]["stopped_because"] == "max_wall_time_s"
+    assert result["training"]["latent_prior"]["trained"] and result["training"]["latent_prior"]["epochs"] == 2
+    # a model whose second stage never ran (a SIGTERM during training) does not sample from noise silently
+    hyperparameters = tiny_hyperparameters(conditions=CONDITIONS, latent_prior="diffusion")
+    model = CDVAE(model_config(hyperparameters, featurize_batch(training_structures(), hyperparameters)[0]))
+    present, absent = _no_presence(1)
+    condition = {"scalars": torch.zeros(1, 1), "present": present, "absent": absent}
     with pytest.raises(ValueError, match="diffusion prior of this model was not trained"):
-        generator.generate(StructureBatch(), 1, {"n_step_each": 1}, seed=0)
+        model.sample_latent(1, condition, torch.Generator().manual_seed(0))
 
 
 def test_bad_diffusion_prior_settings_are_refused():

@@ -252,11 +252,10 @@ def load_model(model_dir: Path, device: str = "cpu") -> CDVAE:
     return model
 
 
-def train_latent_prior(model: CDVAE, records: list[CrystalRecord], hp: dict[str, Any], seed: int,
-                       started: float) -> dict[str, Any]:
+def train_latent_prior(model: CDVAE, records: list[CrystalRecord], hp: dict[str, Any], seed: int) -> dict[str, Any]:
     """Con-CDVAE's second stage: the diffusion prior fitted to the frozen encoder's posterior means of the
-    training set (element presence revealed at random each epoch, as in the first stage). Marks the prior
-    trained only when all ``prior_epochs`` ran (a wall-time stop leaves it untrained; resuming repeats it)."""
+    training set (element presence revealed at random each epoch, as in the first stage), for
+    ``prior_epochs`` (its own budget: an MLP on one vector per crystal, minutes where the VAE takes hours)."""
     prior, device, batch_size = model.latent_prior, model.device, int(hp["batch_size"])
     model.eval()
     means, scalars, presence = [], [], []
@@ -271,12 +270,10 @@ def train_latent_prior(model: CDVAE, records: list[CrystalRecord], hp: dict[str,
     use_presence = float(model.use_element_presence)
     generator = generator_on(str(device), seed + 104729)
     optimizer = torch.optim.Adam(prior.parameters(), lr=float(hp["prior_lr"]))
-    max_wall, epochs, stopped_because, history = hp.get("max_wall_time_s"), int(hp["prior_epochs"]), None, []
+    history: list[float] = []
     prior.train()
-    for _ in tqdm(range(epochs), desc="CDVAE diffusion prior", unit="epoch", disable=not hp.get("progress", True)):
-        if max_wall is not None and time.monotonic() - started >= float(max_wall):
-            stopped_because = "max_wall_time_s"
-            break
+    for _ in tqdm(range(int(hp["prior_epochs"])), desc="CDVAE diffusion prior", unit="epoch",
+                  disable=not hp.get("progress", True)):
         order = torch.randperm(len(z0), generator=generator, device=device)
         losses = []
         for start in range(0, len(order), batch_size):
@@ -290,10 +287,9 @@ def train_latent_prior(model: CDVAE, records: list[CrystalRecord], hp: dict[str,
             optimizer.step()
             losses.append(float(loss.detach()))
         history.append(float(np.mean(losses)))
-    prior.trained.fill_(stopped_because is None)
+    prior.trained.fill_(True)
     model.train()
-    return {"kind": "diffusion", "trained": stopped_because is None, "epochs": len(history),
-            "stopped_because": stopped_because or "prior_epochs", "n_latents": len(z0),
+    return {"kind": "diffusion", "trained": True, "epochs": len(history), "n_latents": len(z0),
             "first_epoch_loss": round(history[0], 6) if history else None,
             "final_epoch_loss": round(history[-1], 6) if history else None,
             "loss_units": "mean squared error of the predicted noise (dimensionless)"}
@@ -426,8 +422,10 @@ def train_cdvae(
     save_checkpoint(checkpoint_path, model, optimizer, scheduler, progress, step_scaler.state_dict())
     latent_prior = {"kind": model.latent_prior_kind}
     if model.latent_prior_kind == "diffusion":
-        if stopped_because in ("max_steps", "max_epochs"):  # the VAE is finished: fit p(z | c) to its latents
-            latent_prior = train_latent_prior(model, train_records, hp, seed, started)
+        # the VAE's budget is spent (steps, epochs or wall time): fit p(z | c) to its latents; after a SIGTERM
+        # (a walltime kill) the job must end now, and a resumed run does this stage
+        if stopped_because != "sigterm":
+            latent_prior = train_latent_prior(model, train_records, hp, seed)
             save_checkpoint(checkpoint_path, model, optimizer, scheduler, progress, step_scaler.state_dict())
         else:
             latent_prior = {"kind": "diffusion", "trained": False, "stopped_because": stopped_because}
