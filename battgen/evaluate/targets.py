@@ -27,6 +27,7 @@ DEFAULT_TARGET_TOLERANCES: dict[str, float] = {
     "gravimetric_capacity_mAh_per_g": 50.0,
     "channel_radius_A": 0.25,
 }
+MAX_DISTINCT_TARGETS = 12  # more distinct requested values than this: a continuous target, no per-value table
 
 
 def row_target(meta: Mapping[str, Any], key: str) -> float | None:
@@ -73,10 +74,31 @@ def target_agreement(
             "median_abs_error": float(np.median(known)) if known.size else None,
             "tolerance": tolerance,
             "within_tolerance_percent": 100.0 * float((known <= tolerance).mean()) if known.size else None,
+            "per_target": per_target_statistics(targets, achieved, tolerance),
             "targets": targets,
             "achieved": achieved,
         }
     return results
+
+
+def per_target_statistics(targets: list[float], achieved: list[float | None], tolerance: float,
+                          max_targets: int = MAX_DISTINCT_TARGETS) -> list[dict[str, Any]]:
+    """Seed 004 Fig. 5B as numbers: for each distinct requested value, the achieved median and quartiles and
+    the percent within ``tolerance`` (rows whose achieved value is unknown are left out); empty when the
+    targets are continuous (more than ``max_targets`` distinct values)."""
+    distinct = sorted(set(targets))
+    if len(distinct) > max_targets:
+        return []
+    rows = []
+    for target in distinct:
+        values = np.array([a for t, a in zip(targets, achieved) if t == target and a is not None and np.isfinite(a)])
+        row: dict[str, Any] = {"target": target, "n_achieved_known": int(values.size)}
+        if values.size:
+            q25, median, q75 = np.percentile(values, [25, 50, 75])
+            row.update({"median_achieved": float(median), "q25_achieved": float(q25), "q75_achieved": float(q75),
+                        "within_tolerance_percent": 100.0 * float((np.abs(values - target) <= tolerance).mean())})
+        rows.append(row)
+    return rows
 
 
 def agreement_scalars(agreement: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
@@ -85,5 +107,5 @@ def agreement_scalars(agreement: Mapping[str, Mapping[str, Any]]) -> dict[str, A
         f"target_{key}_{name}": value
         for key, stats in agreement.items()
         for name, value in stats.items()
-        if name not in ("targets", "achieved")
+        if name not in ("targets", "achieved", "per_target")
     }
