@@ -24,10 +24,10 @@ from __future__ import annotations
 from typing import Any
 
 from aiida import orm
-from aiida.common import AttributeDict
 from aiida.engine import ToContext, WorkChain, if_, while_
 from aiida.plugins import CalculationFactory, DataFactory, WorkflowFactory
 
+from aiida_battgen.workchains.seeds import SeedSourceMixin
 from battgen.campaign.spec import TRAINABLE_GENERATORS, CampaignSpec, CampaignSpecError, parse_spec
 from battgen.campaign.summary import output_label
 
@@ -38,7 +38,6 @@ GeneratorTrainBaseWorkChain = WorkflowFactory("battgen.generator.train_base")
 PropertyScreenWorkChain = WorkflowFactory("battgen.property_screen")
 InsertionPotentialWorkChain = WorkflowFactory("battgen.insertion")
 
-batch_from_snapshot = CalculationFactory("battgen.batch_from_snapshot")
 screen_novelty = CalculationFactory("battgen.screen_novelty")
 capacity = CalculationFactory("battgen.capacity")
 campaign_finetune_set = CalculationFactory("battgen.campaign_finetune_set")
@@ -102,7 +101,7 @@ def validate_inputs(inputs, _):
     return None
 
 
-class CampaignWorkChain(WorkChain):
+class CampaignWorkChain(SeedSourceMixin, WorkChain):
     """Source → (train) → rounds of discovery with fine-tuning on the survivors → battery → summary."""
 
     @classmethod
@@ -177,9 +176,6 @@ class CampaignWorkChain(WorkChain):
     def _code(self, stage: str) -> orm.AbstractCode:
         return self.inputs.codes.get(stage, self.inputs.codes["default"])
 
-    def _run_calcfunction(self, function, label, **kwargs):
-        return function.run_get_node(**kwargs, metadata={"call_link_label": label})
-
     def setup(self):
         spec = self.campaign_spec
         self.ctx.round = 0
@@ -191,15 +187,9 @@ class CampaignWorkChain(WorkChain):
         self.ctx.pending_training = []
         self.ctx.group_label = (self.inputs.shortlist_group_label.value if "shortlist_group_label" in self.inputs
                                 else f"battgen/campaign/{spec.name}/shortlist")
-        if "seed_structures" in self.inputs:
-            self.ctx.seeds = self.inputs.seed_structures
-        else:
-            outputs, node = self._run_calcfunction(batch_from_snapshot, "batch_from_snapshot",
-                                                   snapshot=self.inputs.snapshot)
-            if not node.is_finished_ok:
-                self.report(f"batch_from_snapshot<{node.pk}> failed: {node.exit_message}")
-                return self.exit_codes.ERROR_SOURCE_FAILED
-            self.ctx.seeds = outputs["structures"]
+        failed = self.seeds_from_inputs()
+        if failed is not None:
+            return failed
         self.ctx.training = self.inputs.get("training_structures", self.ctx.seeds)
         self.report(f"campaign {spec.name!r}: stages {', '.join(spec.stages())}; {spec.loop.iterations} round(s) "
                     f"at most; seeds {self.ctx.seeds.n_rows} structures")

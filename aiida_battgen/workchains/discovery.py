@@ -24,6 +24,7 @@ from aiida_battgen.calculations.generator import GENERATOR_ARCHITECTURES
 from aiida_battgen.workchains.dft_formation import DftFormationEnergyWorkChain
 from aiida_battgen.workchains.protocols.utils import ProtocolMixin, set_builder_inputs
 from aiida_battgen.workchains.relax_base import MlipRelaxBaseWorkChain
+from aiida_battgen.workchains.seeds import SeedSourceMixin
 from battgen.columns import (
     KNOWN_MATERIALS_HULL_COLUMNS,
     PROPERTY_SCREEN_COLUMNS,
@@ -42,7 +43,6 @@ GenerateBaseWorkChain = WorkflowFactory("battgen.generate_base")
 PropertyScreenWorkChain = WorkflowFactory("battgen.property_screen")
 ModelData = DataFactory("battgen.model")
 
-batch_from_snapshot = CalculationFactory("battgen.batch_from_snapshot")
 screen_validity = CalculationFactory("battgen.screen_validity")
 screen_charge_neutrality = CalculationFactory("battgen.screen_charge_neutrality")
 screen_uniqueness = CalculationFactory("battgen.screen_uniqueness")
@@ -186,7 +186,7 @@ def validate_inputs(inputs, _):
     return validate_selection_columns(inputs, generation)
 
 
-class DiscoveryWorkChain(ProtocolMixin, WorkChain):
+class DiscoveryWorkChain(SeedSourceMixin, ProtocolMixin, WorkChain):
     """Generate candidates from seed structures, screen them, relax with an MLIP, rank by E_hull."""
 
     _protocol_file = "discovery.yaml"
@@ -366,21 +366,11 @@ class DiscoveryWorkChain(ProtocolMixin, WorkChain):
         return builder
 
     # ------------------------------------------------------------------------------------------------
-    def _run_calcfunction(self, function, label, **kwargs):
-        """Run a calcfunction with a call link label; returns (outputs, node)."""
-        return function.run_get_node(**kwargs, metadata={"call_link_label": label})
-
     def prepare_seeds(self):
         self.ctx.funnel = {}  # stage -> batch node; counted by the funnel_summary calcfunction
-        if "seed_structures" in self.inputs:
-            self.ctx.seeds = self.inputs.seed_structures
-        else:
-            outputs, node = self._run_calcfunction(batch_from_snapshot, "batch_from_snapshot",
-                                                   snapshot=self.inputs.snapshot)
-            if not node.is_finished_ok:
-                self.report(f"batch_from_snapshot<{node.pk}> failed: {node.exit_message}")
-                return self.exit_codes.ERROR_SOURCE_FAILED
-            self.ctx.seeds = outputs["structures"]
+        failed = self.seeds_from_inputs()
+        if failed is not None:
+            return failed
         self.ctx.reference = self.inputs.get("reference_structures", self.ctx.seeds)
         self.ctx.funnel["seed_structures"] = self.ctx.seeds
 
