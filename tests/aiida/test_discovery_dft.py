@@ -53,7 +53,8 @@ def test_discovery_shortlist_to_dft_energy(aiida_profile, battgen_code, pw_code,
     }
     without_code = DiscoveryWorkChain.get_builder_from_protocol(battgen_code, seed_structures=seeds, protocol="fast",
                                                                 overrides=overrides)
-    assert not without_code.get("dft")  # no DFT code: no DFT stage
+    # no DFT code: no DFT stage (the exposed namespace stays, empty once pruned as at submission)
+    assert not without_code._inputs(prune=True).get("dft")
     builder = DiscoveryWorkChain.get_builder_from_protocol(battgen_code, seed_structures=seeds, protocol="fast",
                                                            overrides=overrides, dft_code=pw_code, dft_options=SERIAL)
     results, node = run_get_node(builder)
