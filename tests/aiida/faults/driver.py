@@ -250,8 +250,12 @@ def _outputs(node) -> tuple[dict, list[str]]:
     """Output nodes by link label (first of each) and the labels linked more than once. Read from the link
     triples, not ``node.outputs``, whose nesting raises KeyError on a duplicate label — which is what a task
     re-delivered by the broker can leave behind (a CalcJob's outputs attached twice)."""
+    from aiida.common.links import LinkType
+
     found, duplicates = {}, []
-    for triple in node.base.links.get_outgoing().all():
+    # outputs only: a work chain's CALL links carry labels too (its ``shortlist`` calcfunction beside the
+    # ``shortlist`` output it returns)
+    for triple in node.base.links.get_outgoing(link_type=(LinkType.CREATE, LinkType.RETURN)).all():
         if triple.link_label in found:
             duplicates.append(triple.link_label)
         found.setdefault(triple.link_label, triple.node)
