@@ -38,7 +38,7 @@ from battgen.evaluate.targets import DEFAULT_TARGET_TOLERANCES, per_target_stati
 from battgen.generate.cdvae import CDVAEGenerator, preset_hyperparameters
 from battgen.generate.cdvae.train import train_cdvae
 from battgen.generate.conditions import condition_value
-from battgen.models import write_manifest
+from battgen.models import MANIFEST_FILENAME, read_manifest, write_manifest
 from battgen.sources.files import read_mp20_csv
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -109,6 +109,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="tiny models, 20 s each, 8 per target")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/battgen-conditioning-benchmark"))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--reuse-models", action="store_true",
+                        help="sample the models an earlier run left in --workdir instead of training them again")
     args = parser.parse_args()
     if args.quick:
         args.minutes, args.n_per_target, args.n_step_each = 1.0 / 3.0, 8, 2
@@ -128,7 +130,10 @@ def main() -> None:
     headline["baseline_within_percent"] = round(float(baseline_within), 1)
     for prior in PRIORS:
         model_dir = args.workdir / f"model_{prior}"
-        training = train(rows, args.condition, prior, model_dir, args.quick, args.minutes, args.seed)
+        if args.reuse_models and (model_dir / MANIFEST_FILENAME).is_file():
+            training = read_manifest(model_dir)["training"]
+        else:
+            training = train(rows, args.condition, prior, model_dir, args.quick, args.minutes, args.seed)
         generated = sample(model_dir, args.condition, targets, args.n_per_target, args.n_step_each, args.seed)
         agreement = target_agreement(generated)
         stats = agreement[args.condition]
@@ -138,7 +143,7 @@ def main() -> None:
         headline[f"{prior}_median_abs_error"] = round(float(stats["median_abs_error"] or float("nan")), 4)
         headline[f"{prior}_train_steps"] = training["steps"]
         print(f"{prior}: {training['steps']} steps, prior {training['latent_prior']}, "
-              f"{len(generated)} samples, {stats['n_achieved_known']} with a known value")
+              f"{len(generated)} samples, {stats['n_achieved_known']} with a known value", flush=True)
     print_table(args.condition, table)
     headline["seconds"] = round(time.perf_counter() - started, 1)
     print(" ".join(f"{key}={value}" for key, value in headline.items()))
