@@ -155,6 +155,14 @@ def presence_vectors(atom_types: torch.Tensor, crystal_index: torch.Tensor, n_cr
     return present
 
 
+def reveal_presence(is_present: torch.Tensor, reveal_present: float, reveal_absent: float,
+                    generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Known-present / known-absent vectors: each present element revealed with probability ``reveal_present``,
+    each absent one with ``reveal_absent`` (one uniform draw per element)."""
+    draw = torch.rand(is_present.shape, generator=generator, device=is_present.device)
+    return is_present * (draw < reveal_present).float(), (1 - is_present) * (draw < reveal_absent).float()
+
+
 def training_condition(model: CDVAE, batch: CrystalBatch, reveal_present: float, reveal_absent: float,
                        generator: torch.Generator | None = None) -> dict[str, torch.Tensor] | None:
     """Condition inputs for a training batch: standardised scalars; element presence revealed at random
@@ -167,9 +175,7 @@ def training_condition(model: CDVAE, batch: CrystalBatch, reveal_present: float,
     present = absent = torch.zeros(n, MAX_ATOMIC_NUMBER, device=device)
     if model.use_element_presence:
         is_present = presence_vectors(batch.atom_types, batch.crystal_index, n)
-        draw = torch.rand(n, MAX_ATOMIC_NUMBER, generator=generator, device=device)
-        present = is_present * (draw < reveal_present).float()
-        absent = (1 - is_present) * (draw < reveal_absent).float()
+        present, absent = reveal_presence(is_present, reveal_present, reveal_absent, generator)
     return {"scalars": scalars, "present": present, "absent": absent}
 
 
@@ -278,9 +284,9 @@ def train_latent_prior(model: CDVAE, records: list[CrystalRecord], hp: dict[str,
         losses = []
         for start in range(0, len(order), batch_size):
             rows = order[start:start + batch_size]
-            draw = torch.rand(len(rows), MAX_ATOMIC_NUMBER, generator=generator, device=device)
-            present = use_presence * is_present[rows] * (draw < float(hp["reveal_present_probability"])).float()
-            absent = use_presence * (1 - is_present[rows]) * (draw < float(hp["reveal_absent_probability"])).float()
+            present, absent = reveal_presence(is_present[rows], float(hp["reveal_present_probability"]),
+                                              float(hp["reveal_absent_probability"]), generator)
+            present, absent = use_presence * present, use_presence * absent
             loss = prior.loss(z0[rows], scalars_all[rows], present, absent, generator)
             optimizer.zero_grad()
             loss.backward()
